@@ -1,0 +1,58 @@
+"""BatchNorm running statistics during an XSAM step.
+
+The authors' rule: running statistics move only in the first forward pass of a
+step; every later pass (ascents, the final gradient, the alpha search) runs in
+train mode with BN momentum 0. These helpers are idempotent (disabling twice
+keeps the original momentum), unlike the authors' versions.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+_SAVED = "_xsam_saved_momentum"
+
+
+def _bn_layers(model: nn.Module) -> list[_BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+def _freeze(layers: list[_BatchNorm]) -> list[_BatchNorm]:
+    frozen = [m for m in layers if not hasattr(m, _SAVED)]
+    for module in frozen:
+        setattr(module, _SAVED, module.momentum)
+        module.momentum = 0.0
+    return frozen
+
+
+def _thaw(layers: list[_BatchNorm]) -> None:
+    for module in layers:
+        if hasattr(module, _SAVED):
+            module.momentum = getattr(module, _SAVED)
+            delattr(module, _SAVED)
+
+
+def disable_running_stats(model: nn.Module) -> None:
+    """Freeze BN running statistics (momentum 0) until :func:`enable_running_stats`."""
+    _freeze(_bn_layers(model))
+
+
+def enable_running_stats(model: nn.Module) -> None:
+    """Give BN layers back the momentum they had before :func:`disable_running_stats`."""
+    _thaw(_bn_layers(model))
+
+
+@contextlib.contextmanager
+def frozen_running_stats(model: nn.Module | None) -> Iterator[None]:
+    """Freeze BN running statistics inside the block; a no-op for ``model=None``.
+
+    Layers that were already frozen on entry stay frozen on exit.
+    """
+    frozen = _freeze(_bn_layers(model)) if model is not None else []
+    try:
+        yield
+    finally:
+        _thaw(frozen)

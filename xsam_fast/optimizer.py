@@ -1,0 +1,455 @@
+"""``XSAM``: eXplicit Sharpness-Aware Minimization as a ``torch.optim.Optimizer``.
+
+The optimizer orchestrates a step (which tensors, which scalars, which phase);
+the elementwise passes run in a backend (``xsam_fast.backends``), the scalar
+math lives in ``xsam_fast.coefficients``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+from torch import Tensor, nn
+
+from . import coefficients as C
+from .backends import get_backend, validate_backend_name
+from .backends.base import Backend
+from .base_update import FUSED_UPDATES, fused_kind
+from .batchnorm import frozen_running_stats
+
+NonFinite = Literal["warn", "raise", "none"]
+LossFn = Callable[[], Tensor]
+
+
+@dataclass
+class _Bucket:
+    """Tensors of one param group on one device with one dtype, handled by one backend."""
+
+    group: dict[str, Any]
+    backend: Backend
+    params: list[Tensor]
+    grads: list[Tensor]
+    backups: list[Tensor]
+
+
+class XSAM(torch.optim.Optimizer):
+    r"""eXplicit Sharpness-Aware Minimization wrapped around a base optimizer.
+
+    One step: back up :math:`\theta_0`; ``steps`` ascents of length
+    ``rho/steps`` along the normalised gradient; one more gradient :math:`g` at
+    the ascent point; then the base optimizer steps from :math:`\theta_0` with
+    :math:`G = \|g\|\, v(\alpha)`, where :math:`v(\alpha)` interpolates on the
+    great circle between the ascent direction (alpha=0) and :math:`g`
+    (alpha=1, SAM). ``alpha`` is fixed or found by a search over
+    ``0, alpha_delta, ..., alpha_max`` that maximises the loss at distance
+    ``rho_max`` (see ``XSAM_MATH.md``).
+
+    Args:
+        params: parameters or param groups (groups may set ``rho`` and ``rho_max``).
+        base_optimizer: class of the base optimizer, built on the same param groups.
+        rho: TOTAL ascent length (each of the ``steps`` ascents moves ``rho/steps``).
+        steps: number of ascent steps k >= 1.
+        rho_max: search radius; ``None`` means ``2 * rho``.
+        alpha: interpolation parameter used until a search changes it.
+        alpha_max, alpha_delta: the search grid ``arange(0, alpha_max + 1e-5, alpha_delta)``.
+        eps: added to every norm before dividing.
+        backend: ``"auto"`` or a name from :func:`xsam_fast.available_backends`.
+        nonfinite: on a non-finite gradient norm, ``"warn"`` restores theta_0 and
+            skips the step with a warning, ``"raise"`` restores and raises
+            ``FloatingPointError``; both read one flag on the host per pass.
+            ``"none"`` checks nothing (no host synchronisation at all; NaN
+            propagates as with plain torch optimizers).
+        model: the model, for BatchNorm handling in :meth:`step` and the search.
+        search_interval: with :meth:`step`, search alpha every this many steps
+            (``None``: only when asked with ``update_alpha=True``).
+        fuse_base_update: fuse SGD/Adam/AdamW into the interpolation pass (default);
+            ``False`` always writes G into ``.grad`` and calls the base ``step()``.
+        **base_kwargs: hyper-parameters of the base optimizer (``lr``, ``momentum``...).
+
+    After each step, :attr:`last_stats` holds ``alpha`` and the 0-d tensors
+    ``psi``, ``grad_norm`` and ``d_norm`` (read them with :meth:`stats`), and
+    :attr:`search_curve` the ``(alpha, loss)`` pairs of the last search.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        base_optimizer: type[torch.optim.Optimizer] = torch.optim.SGD,
+        *,
+        rho: float = 0.15,
+        steps: int = 1,
+        rho_max: float | None = None,
+        alpha: float = 1.0,
+        alpha_max: float = 2.0,
+        alpha_delta: float = 0.1,
+        eps: float = 1e-12,
+        backend: str = "auto",
+        nonfinite: NonFinite = "warn",
+        model: nn.Module | None = None,
+        search_interval: int | None = None,
+        fuse_base_update: bool = True,
+        **base_kwargs: Any,
+    ) -> None:
+        _check_nonnegative("rho", rho)
+        if rho_max is not None:
+            _check_nonnegative("rho_max", rho_max)
+        _check_nonnegative("eps", eps)
+        _check_nonnegative("alpha_max", alpha_max)
+        _check_finite("alpha", alpha)
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if not (alpha_delta > 0 and math.isfinite(alpha_delta)):
+            raise ValueError(f"alpha_delta must be a finite number > 0, got {alpha_delta!r}")
+        if nonfinite not in ("warn", "raise", "none"):
+            raise ValueError(f"nonfinite must be 'warn', 'raise' or 'none', got {nonfinite!r}")
+        if search_interval is not None and (not isinstance(search_interval, int) or search_interval < 1):
+            raise ValueError(f"search_interval must be None or an integer >= 1, got {search_interval!r}")
+        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
+            raise TypeError(f"base_optimizer must be a torch.optim.Optimizer class, got {base_optimizer!r}")
+        validate_backend_name(backend)
+
+        super().__init__(params, dict(rho=rho, rho_max=rho_max))
+        for group in self.param_groups:
+            _check_group(group)
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults.update(self.base_optimizer.defaults)
+
+        self.steps = steps
+        self.alpha = float(alpha)
+        self.alpha_max = alpha_max
+        self.alpha_delta = alpha_delta
+        self.eps = eps
+        self.backend = backend
+        self.nonfinite = nonfinite
+        self.model = model
+        self.search_interval = search_interval
+        self.fuse_base_update = fuse_base_update
+
+        self.step_count = 0  # completed XSAM steps
+        self.last_stats: dict[str, Any] = {}
+        self.search_curve: list[tuple[float, float]] = []
+        self.search_history: list[dict[str, Any]] = []
+        self._backed_up: list[Tensor] = []  # params whose theta_0 is held for the current step
+        self._skip = False  # the current step met a non-finite gradient
+
+    # ------------------------------------------------------------------ groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        base = getattr(self, "base_optimizer", None)
+        if base is None:  # during construction, before the base optimizer exists
+            super().add_param_group(param_group)
+            return
+        # a group added later gets XSAM's defaults here and the base optimizer's there
+        for key in ("rho", "rho_max"):
+            param_group.setdefault(key, self.defaults[key])
+        _check_group(param_group)
+        base.add_param_group(param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base_optimizer.zero_grad(set_to_none)
+
+    # ------------------------------------------------------------- the phases
+    @torch.no_grad()
+    def backup_param(self) -> None:
+        """Store theta_0 for every trainable parameter (optional: :meth:`first_step` does it)."""
+        self._backed_up = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        for p in self._backed_up:
+            self._backup_of(p).copy_(p)
+
+    @torch.no_grad()
+    def restore_param(self) -> None:
+        """Put back theta_0 in every parameter moved since the last backup."""
+        for p in self._backed_up:
+            p.copy_(self.state[p]["theta0"])
+
+    @torch.no_grad()
+    def first_step(self, step: int = 0) -> None:
+        """One ascent of length ``rho/steps`` from the current point along ``p.grad``.
+
+        Backs up theta_0 first if :meth:`backup_param` was not called this step.
+        ``step`` is accepted for the authors' call sequence and otherwise unused.
+        """
+        if self._skip:
+            return
+        buckets = self._buckets()
+        sumsq = self._sumsq(buckets, lambda b: b.grads)
+        if self.nonfinite != "none" and not bool(torch.isfinite(sumsq)):
+            self._skip = True
+            self._report_nonfinite("gradient")
+            return
+        backup = not self._backed_up
+        if backup:
+            self._backed_up = [p for b in buckets for p in b.params]
+        for b in buckets:
+            radius = b.group["rho"] / self.steps
+            scale = C.ascent_scale(sumsq.to(_acc(b)), radius, self.eps)
+            b.backend.backup_ascent(b.params, b.grads, b.backups, scale, backup)
+
+    @torch.no_grad()
+    def second_step(
+        self,
+        update_alpha: bool = False,
+        model: nn.Module | None = None,
+        inputs: Any = None,
+        targets: Any = None,
+        criterion: Callable[[Any, Any], Tensor] | None = None,
+        *,
+        search_loss: LossFn | None = None,
+    ) -> Tensor | None:
+        """Interpolate, optionally search alpha, restore theta_0 and step the base optimizer.
+
+        Call after the backward pass at the final ascent point. With
+        ``update_alpha=True`` the search evaluates ``criterion(model(inputs), targets)``
+        (the authors' signature) or ``search_loss()`` at each grid point, forward only.
+        Returns ``||g||`` (the authors' ``scale``), or None if the step was skipped.
+        """
+        try:
+            if self._skip:
+                self._finish_skipped()
+                return None
+            if not self._backed_up:
+                raise RuntimeError("second_step() called without first_step() in this step")
+            buckets = self._buckets()
+            self._backup_late_params(buckets)
+            sums = self._final_sums(buckets)
+            if self.nonfinite != "none" and not bool(torch.isfinite(sums).all()):
+                self._report_nonfinite("gradient or ascent displacement")
+                self._finish_skipped()
+                return None
+            psi, norm_g, norm_d = C.angle(sums, self.eps)
+            points = [b.params for b in buckets]
+            if update_alpha:
+                model = model if model is not None else self.model
+                if search_loss is None:
+                    if model is None or criterion is None:
+                        raise ValueError("update_alpha=True needs model, inputs, targets and "
+                                         "criterion, or search_loss")
+                    search_loss = lambda: criterion(model(inputs), targets)  # noqa: E731
+                points = self._search(buckets, psi, norm_g, norm_d, search_loss, model)
+            self._update(buckets, points, psi, norm_g, norm_d)
+        except BaseException:
+            self.restore_param()
+            self._end_step()
+            raise
+        self.last_stats = dict(alpha=self.alpha, psi=psi, grad_norm=norm_g, d_norm=norm_d,
+                               skipped=False)
+        self.step_count += 1
+        self._opt_called = True  # type: ignore[attr-defined]  (LR schedulers check it)
+        self._end_step()
+        return norm_g
+
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], Tensor] | None = None,
+        *,
+        search_loss: LossFn | None = None,
+        update_alpha: bool | None = None,
+    ) -> Tensor:
+        """A whole XSAM step: ``steps + 1`` calls of ``closure``, then the update.
+
+        ``closure`` follows torch's convention (zero grads, forward, backward,
+        return the loss). ``search_loss`` is a forward-only callable returning the
+        loss at the current parameters; it is called at each grid point when a
+        search runs: every ``search_interval`` steps, or now with
+        ``update_alpha=True``. Returns the loss of the first pass. If anything
+        raises inside the step, the parameters are left at theta_0.
+        """
+        if closure is None:
+            raise ValueError(
+                "XSAM.step needs a closure (zero_grad, forward, backward, return loss); or call "
+                "first_step() and second_step() yourself after each backward pass")
+        if update_alpha is None:
+            update_alpha = (self.search_interval is not None and search_loss is not None
+                            and self.step_count % self.search_interval == 0)
+        if update_alpha and search_loss is None:
+            raise ValueError("update_alpha=True needs search_loss, a forward-only loss callable")
+        try:
+            with torch.enable_grad():
+                loss = closure()
+            with frozen_running_stats(self.model):
+                self.first_step(0)
+                for i in range(1, self.steps):
+                    with torch.enable_grad():
+                        closure()
+                    self.first_step(i)
+                with torch.enable_grad():
+                    closure()
+                self.second_step(update_alpha=update_alpha, model=self.model,
+                                 search_loss=search_loss)
+        except BaseException:
+            self.restore_param()
+            self._end_step()
+            raise
+        return loss
+
+    # ------------------------------------------------------------ internals
+    def _backup_of(self, p: Tensor) -> Tensor:
+        state = self.state[p]
+        if "theta0" not in state:
+            state["theta0"] = torch.empty_like(p)
+        return state["theta0"]
+
+    def _buckets(self) -> list[_Bucket]:
+        buckets: dict[tuple[int, torch.device, torch.dtype, bool], _Bucket] = {}
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise RuntimeError("XSAM does not support sparse gradients; use a dense "
+                                       "embedding (sparse=False) for the parameters it steps")
+                dense = p.is_contiguous() and g.is_contiguous()
+                key = (gi, p.device, p.dtype, dense)
+                bucket = buckets.get(key)
+                if bucket is None:
+                    name = self.backend if dense else "reference"
+                    bucket = buckets[key] = _Bucket(group, get_backend(name, p.device, p.dtype),
+                                                    [], [], [])
+                bucket.params.append(p)
+                bucket.grads.append(g)
+                bucket.backups.append(self._backup_of(p))
+        return list(buckets.values())
+
+    def _backup_late_params(self, buckets: list[_Bucket]) -> None:
+        """Back up params that got a gradient only after the ascent: they never moved."""
+        held = {id(p) for p in self._backed_up}
+        for b in buckets:
+            for p, backup in zip(b.params, b.backups):
+                if id(p) not in held:
+                    backup.copy_(p)
+                    self._backed_up.append(p)
+
+    def _sumsq(self, buckets: list[_Bucket], pick: Callable[[_Bucket], list[Tensor]]) -> Tensor:
+        parts = [b.backend.sumsq(pick(b)) for b in buckets]
+        if not parts:
+            return torch.zeros((), dtype=torch.float32)
+        return _combine(parts)
+
+    def _final_sums(self, buckets: list[_Bucket]) -> Tensor:
+        parts = [b.backend.final_sums(b.params, b.backups, b.grads) for b in buckets]
+        if not parts:
+            return torch.zeros(3, dtype=torch.float32)
+        return _combine(parts)
+
+    def _search(self, buckets: list[_Bucket], psi: Tensor, norm_g: Tensor, norm_d: Tensor,
+                loss_fn: LossFn, model: nn.Module | None) -> list[list[Tensor]]:
+        """The grid search of alpha; returns the saved ascent points (params are overwritten)."""
+        alphas = C.alpha_grid(self.alpha_max, self.alpha_delta)
+        grid = torch.tensor(alphas, dtype=psi.dtype, device=psi.device)
+        coeffs = [C.interpolation_coefficients(_rho_max(b.group), grid, psi, norm_g, norm_d,
+                                               self.eps).to(_acc(b)) for b in buckets]
+        points = [[p.detach().clone() for p in b.params] for b in buckets]
+        losses = []
+        with frozen_running_stats(model):
+            for k in range(len(alphas)):
+                for b, pts, co in zip(buckets, points, coeffs):
+                    b.backend.write_point(b.params, pts, b.backups, b.grads, co[k])
+                losses.append(loss_fn().detach().reshape(()))
+        values = torch.stack(losses).tolist()  # the search's one host synchronisation
+        self.alpha = C.best_alpha(alphas, values)
+        self.search_curve = list(zip(alphas, values))
+        self.search_history.append(dict(step=self.step_count, alpha=self.alpha,
+                                        curve=self.search_curve))
+        return points
+
+    def _update(self, buckets: list[_Bucket], points: list[list[Tensor]], psi: Tensor,
+                norm_g: Tensor, norm_d: Tensor) -> None:
+        coeffs = C.interpolation_coefficients(norm_g, self.alpha, psi, norm_g, norm_d, self.eps)
+        kinds = [fused_kind(self.base_optimizer, g) for g in self.param_groups]
+        fused = self.fuse_base_update and all(k is not None for k in kinds)
+        for b, pts in zip(buckets, points):
+            co = coeffs.to(_acc(b))
+            if fused:
+                kind = fused_kind(self.base_optimizer, b.group)
+                FUSED_UPDATES[kind](b.backend, self.base_optimizer, b.group, b.params, pts,
+                                    b.backups, b.grads, co)
+            else:
+                b.backend.write_grad_restore(b.params, pts, b.backups, b.grads, co)
+        if fused:
+            self.base_optimizer._opt_called = True  # type: ignore[attr-defined]
+        else:
+            self.base_optimizer.step()
+
+    def _report_nonfinite(self, what: str) -> None:
+        message = f"XSAM: non-finite {what} norm; theta_0 restored and this step skipped"
+        if self.nonfinite == "raise":
+            self.restore_param()
+            self._end_step()
+            raise FloatingPointError(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _finish_skipped(self) -> None:
+        self.restore_param()
+        self.last_stats = dict(alpha=self.alpha, skipped=True)
+        self._end_step()
+
+    def _end_step(self) -> None:
+        self._backed_up = []
+        self._skip = False
+
+    # ------------------------------------------------------------ reporting
+    def stats(self) -> dict[str, float]:
+        """:attr:`last_stats` as Python floats (reads the device scalars: one sync)."""
+        return {k: (float(v) if isinstance(v, Tensor) else v) for k, v in self.last_stats.items()}
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict plus an ``"xsam"`` entry (alpha, counters, searches).
+
+        theta_0 is scratch within a step and is not saved.
+        """
+        sd = self.base_optimizer.state_dict()
+        sd["xsam"] = dict(alpha=self.alpha, step_count=self.step_count,
+                          search_curve=list(self.search_curve),
+                          search_history=list(self.search_history))
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("xsam", None)
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+        if extra is not None:
+            self.alpha = float(extra["alpha"])
+            self.step_count = int(extra["step_count"])
+            self.search_curve = [tuple(x) for x in extra["search_curve"]]
+            self.search_history = list(extra["search_history"])
+
+
+def _acc(bucket: _Bucket) -> torch.dtype:
+    return C.accumulation_dtype(bucket.params[0].dtype)
+
+
+def _combine(parts: list[Tensor]) -> Tensor:
+    """Sum per-bucket partial sums in the widest dtype, on the first bucket's device."""
+    dtype = torch.float64 if any(p.dtype == torch.float64 for p in parts) else torch.float32
+    device = parts[0].device
+    total = parts[0].to(device=device, dtype=dtype)
+    for p in parts[1:]:
+        total = total + p.to(device=device, dtype=dtype)
+    return total
+
+
+def _rho_max(group: dict[str, Any]) -> float:
+    return group["rho_max"] if group["rho_max"] is not None else 2 * group["rho"]
+
+
+def _check_nonnegative(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_finite(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    _check_nonnegative("rho", group["rho"])
+    if group["rho_max"] is not None:
+        _check_nonnegative("rho_max", group["rho_max"])
+
