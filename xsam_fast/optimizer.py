@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,7 @@ from .backends import get_backend, validate_backend_name
 from .backends.base import Backend
 from .base_update import FUSED_UPDATES, fused_kind
 from .batchnorm import frozen_running_stats
+from .search import STRATEGIES
 
 NonFinite = Literal["warn", "raise", "none"]
 LossFn = Callable[[], Tensor]
@@ -65,6 +66,8 @@ class XSAM(torch.optim.Optimizer):
         model: the model, for BatchNorm handling in :meth:`step` and the search.
         search_interval: with :meth:`step`, search alpha every this many steps
             (``None``: only when asked with ``update_alpha=True``).
+        search: search strategy, a key of :data:`xsam_fast.search.STRATEGIES`
+            (``"grid"``: the authors' exhaustive grid).
         fuse_base_update: fuse SGD/Adam/AdamW into the interpolation pass (default);
             ``False`` always writes G into ``.grad`` and calls the base ``step()``.
         **base_kwargs: hyper-parameters of the base optimizer (``lr``, ``momentum``...).
@@ -90,6 +93,7 @@ class XSAM(torch.optim.Optimizer):
         nonfinite: NonFinite = "warn",
         model: nn.Module | None = None,
         search_interval: int | None = None,
+        search: str = "grid",
         fuse_base_update: bool = True,
         **base_kwargs: Any,
     ) -> None:
@@ -110,6 +114,8 @@ class XSAM(torch.optim.Optimizer):
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer class, got {base_optimizer!r}")
         validate_backend_name(backend)
+        if search not in STRATEGIES:
+            raise ValueError(f"unknown search {search!r}; valid: {', '.join(STRATEGIES)}")
 
         super().__init__(params, dict(rho=rho, rho_max=rho_max))
         for group in self.param_groups:
@@ -127,6 +133,7 @@ class XSAM(torch.optim.Optimizer):
         self.nonfinite = nonfinite
         self.model = model
         self.search_interval = search_interval
+        self.search = search
         self.fuse_base_update = fuse_base_update
 
         self.step_count = 0  # completed XSAM steps
@@ -337,21 +344,29 @@ class XSAM(torch.optim.Optimizer):
 
     def _search(self, buckets: list[_Bucket], psi: Tensor, norm_g: Tensor, norm_d: Tensor,
                 loss_fn: LossFn, model: nn.Module | None) -> list[list[Tensor]]:
-        """The grid search of alpha; returns the saved ascent points (params are overwritten)."""
+        """Search alpha with :attr:`search`; returns the saved ascent points.
+
+        The parameters are overwritten by the search points, so the ascent point
+        is kept in a temporary copy (the only parameter-sized allocation of a
+        step, and only of a step that searches).
+        """
         alphas = C.alpha_grid(self.alpha_max, self.alpha_delta)
         grid = torch.tensor(alphas, dtype=psi.dtype, device=psi.device)
         coeffs = [C.interpolation_coefficients(_rho_max(b.group), grid, psi, norm_g, norm_d,
                                                self.eps).to(_acc(b)) for b in buckets]
         points = [[p.detach().clone() for p in b.params] for b in buckets]
-        losses = []
-        with frozen_running_stats(model):
-            for k in range(len(alphas)):
+        index = {a: k for k, a in enumerate(alphas)}
+
+        def evaluate(batch: Sequence[float]) -> list[float]:
+            losses = []
+            for a in batch:
                 for b, pts, co in zip(buckets, points, coeffs):
-                    b.backend.write_point(b.params, pts, b.backups, b.grads, co[k])
+                    b.backend.write_point(b.params, pts, b.backups, b.grads, co[index[a]])
                 losses.append(loss_fn().detach().reshape(()))
-        values = torch.stack(losses).tolist()  # the search's one host synchronisation
-        self.alpha = C.best_alpha(alphas, values)
-        self.search_curve = list(zip(alphas, values))
+            return torch.stack(losses).tolist()  # one host synchronisation per batch
+
+        with frozen_running_stats(model):
+            self.alpha, self.search_curve = STRATEGIES[self.search](alphas, evaluate)
         self.search_history.append(dict(step=self.step_count, alpha=self.alpha,
                                         curve=self.search_curve))
         return points
