@@ -73,6 +73,16 @@ def interpolation_coefficients(
     return torch.stack([scale * a / (norm_d + eps), scale * b / (norm_g + eps)], dim=-1)
 
 
+def clip_factor(coeffs: Tensor, sums: Tensor, max_norm: float) -> Tensor:
+    """``min(1, max_norm / (||G|| + 1e-6))`` for ``G = c_d d + c_g g``, from the one-pass sums.
+
+    ``||G||^2 = c_d^2 ||d||^2 + c_g^2 ||g||^2 + 2 c_d c_g <d, g>`` needs no pass over G.
+    """
+    c_d, c_g = coeffs[0], coeffs[1]
+    sq = c_d * c_d * sums[1] + c_g * c_g * sums[0] + 2 * c_d * c_g * sums[2]
+    return (max_norm / (sq.clamp_min(0).sqrt() + 1e-6)).clamp(max=1.0)
+
+
 def alpha_grid(alpha_max: float, alpha_delta: float) -> list[float]:
     """The authors' search grid ``numpy.arange(0, alpha_max + 1e-5, alpha_delta)``.
 

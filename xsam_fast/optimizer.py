@@ -68,6 +68,12 @@ class XSAM(torch.optim.Optimizer):
             (``None``: only when asked with ``update_alpha=True``).
         search: search strategy, a key of :data:`xsam_fast.search.STRATEGIES`
             (``"grid"``: the authors' exhaustive grid).
+        interval: :meth:`step` runs the full XSAM step every ``interval``-th call
+            and a plain base-optimizer step (one forward/backward) in between.
+        max_grad_norm: clip the interpolated gradient G to this global L2 norm
+            before the base step (as ``clip_grad_norm_``: factor
+            ``min(1, max_grad_norm / (||G|| + 1e-6))``). ``||G||`` follows from the
+            three sums of the step, so clipping costs no extra pass.
         fuse_base_update: fuse SGD/Adam/AdamW into the interpolation pass (default);
             ``False`` always writes G into ``.grad`` and calls the base ``step()``.
         **base_kwargs: hyper-parameters of the base optimizer (``lr``, ``momentum``...).
@@ -94,6 +100,8 @@ class XSAM(torch.optim.Optimizer):
         model: nn.Module | None = None,
         search_interval: int | None = None,
         search: str = "grid",
+        interval: int = 1,
+        max_grad_norm: float | None = None,
         fuse_base_update: bool = True,
         **base_kwargs: Any,
     ) -> None:
@@ -114,6 +122,10 @@ class XSAM(torch.optim.Optimizer):
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer class, got {base_optimizer!r}")
         validate_backend_name(backend)
+        if not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"interval must be an integer >= 1, got {interval!r}")
+        if max_grad_norm is not None:
+            _check_nonnegative("max_grad_norm", max_grad_norm)
         if search not in STRATEGIES:
             raise ValueError(f"unknown search {search!r}; valid: {', '.join(STRATEGIES)}")
 
@@ -134,9 +146,12 @@ class XSAM(torch.optim.Optimizer):
         self.model = model
         self.search_interval = search_interval
         self.search = search
+        self.interval = interval
+        self.max_grad_norm = max_grad_norm
         self.fuse_base_update = fuse_base_update
 
         self.step_count = 0  # completed XSAM steps
+        self.base_steps = 0  # plain base-optimizer steps taken by step() between them (interval > 1)
         self.last_stats: dict[str, Any] = {}
         self.search_curve: list[tuple[float, float]] = []
         self.search_history: list[dict[str, Any]] = []
@@ -236,7 +251,7 @@ class XSAM(torch.optim.Optimizer):
                                          "criterion, or search_loss")
                     search_loss = lambda: criterion(model(inputs), targets)  # noqa: E731
                 points = self._search(buckets, psi, norm_g, norm_d, search_loss, model)
-            self._update(buckets, points, psi, norm_g, norm_d)
+            self._update(buckets, points, sums, psi, norm_g, norm_d)
         except BaseException:
             self.restore_param()
             self._end_step()
@@ -268,6 +283,8 @@ class XSAM(torch.optim.Optimizer):
             raise ValueError(
                 "XSAM.step needs a closure (zero_grad, forward, backward, return loss); or call "
                 "first_step() and second_step() yourself after each backward pass")
+        if (self.step_count + self.base_steps) % self.interval != 0:
+            return self._plain_step(closure)
         if update_alpha is None:
             update_alpha = (self.search_interval is not None and search_loss is not None
                             and self.step_count % self.search_interval == 0)
@@ -290,6 +307,15 @@ class XSAM(torch.optim.Optimizer):
             self.restore_param()
             self._end_step()
             raise
+        return loss
+
+    def _plain_step(self, closure: Callable[[], Tensor]) -> Tensor:
+        """One forward/backward and a plain base-optimizer step (``interval > 1``)."""
+        with torch.enable_grad():
+            loss = closure()
+        self.base_optimizer.step()
+        self.base_steps += 1
+        self._opt_called = True  # type: ignore[attr-defined]
         return loss
 
     # ------------------------------------------------------------ internals
@@ -371,9 +397,11 @@ class XSAM(torch.optim.Optimizer):
                                         curve=self.search_curve))
         return points
 
-    def _update(self, buckets: list[_Bucket], points: list[list[Tensor]], psi: Tensor,
-                norm_g: Tensor, norm_d: Tensor) -> None:
+    def _update(self, buckets: list[_Bucket], points: list[list[Tensor]], sums: Tensor,
+                psi: Tensor, norm_g: Tensor, norm_d: Tensor) -> None:
         coeffs = C.interpolation_coefficients(norm_g, self.alpha, psi, norm_g, norm_d, self.eps)
+        if self.max_grad_norm is not None:
+            coeffs = coeffs * C.clip_factor(coeffs, sums, self.max_grad_norm)
         kinds = [fused_kind(self.base_optimizer, g) for g in self.param_groups]
         fused = self.fuse_base_update and all(k is not None for k in kinds)
         for b, pts in zip(buckets, points):
@@ -418,7 +446,7 @@ class XSAM(torch.optim.Optimizer):
         theta_0 is scratch within a step and is not saved.
         """
         sd = self.base_optimizer.state_dict()
-        sd["xsam"] = dict(alpha=self.alpha, step_count=self.step_count,
+        sd["xsam"] = dict(alpha=self.alpha, step_count=self.step_count, base_steps=self.base_steps,
                           search_curve=list(self.search_curve),
                           search_history=list(self.search_history))
         return sd
@@ -431,6 +459,7 @@ class XSAM(torch.optim.Optimizer):
         if extra is not None:
             self.alpha = float(extra["alpha"])
             self.step_count = int(extra["step_count"])
+            self.base_steps = int(extra.get("base_steps", 0))
             self.search_curve = [tuple(x) for x in extra["search_curve"]]
             self.search_history = list(extra["search_history"])
 
