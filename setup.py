@@ -45,13 +45,18 @@ def _extensions():
     if cpu_sources:
         ext_modules.append(CppExtension("xsam_fast._C", cpu_sources, extra_compile_args=cxx,
                                         extra_link_args=["-fopenmp"]))
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    # CUDA: the kernels in one translation unit (csrc/cuda/xsam_kernels.cu) plus the
+    # pybind11 bindings (csrc/cuda/bindings.cpp). No -std flag: torch adds the one its
+    # headers need. No --use_fast_math: the kernels must round like torch (IEEE div
+    # and sqrt in Adam, no flush of denormals) to match the reference backend.
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))
+                          + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     want_cuda = not _flag("XSAM_FAST_NO_CUDA") and (torch.cuda.is_available() or _flag("FORCE_CUDA"))
     if cuda_sources and want_cuda and CUDA_HOME is not None and torch.version.cuda is not None:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         ext_modules.append(CUDAExtension(
             "xsam_fast._C_cuda", cuda_sources,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]}))
+            extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "-lineinfo"]}))
 
     class OptionalBuildExtension(BuildExtension):
         """Builds each extension if it can; a failure is reported, not fatal."""
