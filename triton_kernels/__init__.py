@@ -1,1 +1,8 @@
-"""Fused Triton kernels of XSAM, installed as ``xsam_fast.triton_kernels``."""
+"""Fused Triton kernels of XSAM, installed as ``xsam_fast.triton_kernels``.
+
+One module per concern: :mod:`.config` (block sizes, launch options),
+:mod:`.tables` (host-side pointer tables and work lists, cached),
+:mod:`.common` (device helpers), :mod:`.reductions`, :mod:`.perturb` and
+:mod:`.update` (kernels next to their launchers). Importing this package
+imports Triton; ``TRITON_INTERPRET`` must be set before the first import.
+"""

@@ -1,0 +1,120 @@
+"""Device-side helpers shared by every kernel: find the chunk, load, store.
+
+Every kernel of this package runs one program per *chunk*: ``BLOCK``
+consecutive elements of one tensor of a bucket. The program reads its
+``(tensor index, chunk index)`` pair from the work list built on the host
+(:mod:`.tables`), the tensor's length from the length table, and the tensor's
+address from a pointer table (one int64 ``data_ptr()`` per tensor). Full
+chunks load and store without a mask (so the compiler can vectorise); only the
+last chunk of a tensor is masked.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def locate(work, numels, BLOCK: tl.constexpr, LARGE: tl.constexpr):
+    """``(t, start, n)`` of this program: tensor index, first element, tensor length.
+
+    ``LARGE`` selects int64 offsets (a tensor of the bucket has more than
+    ``2**31 - 1 - BLOCK`` elements); otherwise everything is int32.
+    """
+    pid = tl.program_id(0)
+    t = tl.load(work + 2 * pid)
+    c = tl.load(work + 2 * pid + 1)
+    n = tl.load(numels + t)
+    if LARGE:
+        c = c.to(tl.int64)
+    else:
+        n = n.to(tl.int32)
+    return t, c * BLOCK, n
+
+
+#: the combine function of ``tl.sum``. Reducing with it through ``tl.reduce`` is
+#: ``tl.sum`` on a GPU, and under the interpreter it takes numpy's fast path even
+#: when Triton was imported before ``TRITON_INTERPRET`` was set (``tl.sum`` itself
+#: is then a compiled-mode function the interpreter cannot call).
+_SUM_COMBINE = tl.standard._sum_combine
+
+
+@triton.jit
+def block_sum(x):
+    """Sum of a 1-d block (same tree as ``tl.sum``)."""
+    return tl.reduce(x, 0, _SUM_COMBINE)
+
+
+@triton.jit
+def tensor_ptr(table, t, DT: tl.constexpr, ALIGNED: tl.constexpr):
+    """Typed pointer to tensor ``t`` of a pointer table (16-byte aligned if ``ALIGNED``)."""
+    p = tl.load(table + t).to(tl.pointer_type(DT))
+    if ALIGNED:
+        p = tl.multiple_of(p, 16)
+    return p
+
+
+@triton.jit
+def load(table, t, offs, n, DT: tl.constexpr, ACC: tl.constexpr, MASKED: tl.constexpr,
+         ALIGNED: tl.constexpr):
+    """Elements ``offs`` of tensor ``t``, widened to ``ACC`` (0 outside the tensor).
+
+    bfloat16 is widened on the bits (exact, subnormals included, on the GPU and
+    in the interpreter, whose own cast flushes subnormals).
+    """
+    if DT == tl.bfloat16:
+        p = tensor_ptr(table, t, tl.uint16, ALIGNED)
+    else:
+        p = tensor_ptr(table, t, DT, ALIGNED)
+    if MASKED:
+        x = tl.load(p + offs, mask=offs < n, other=0)
+    else:
+        x = tl.load(p + offs)
+    if DT == tl.bfloat16:
+        x = (x.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return x.to(ACC)
+
+
+@triton.jit
+def to_bf16_rne(x):
+    """float32 -> bfloat16, rounded to nearest even (NaN -> 0x7FC0, as torch does).
+
+    Done on the bits so that the GPU and Triton's interpreter (whose own cast
+    truncates and flushes subnormals) give the same result.
+    """
+    bits = x.to(tl.uint32, bitcast=True)
+    r = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    r = tl.where(x != x, 0x7FC0, r)
+    return r.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def store(table, t, offs, n, x, DT: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr):
+    """Store ``x`` (accumulation dtype) into tensor ``t``, rounded to nearest even."""
+    p = tensor_ptr(table, t, DT, ALIGNED)
+    if DT == tl.bfloat16:
+        v = to_bf16_rne(x)
+    else:
+        v = x.to(DT)
+    if MASKED:
+        tl.store(p + offs, v, mask=offs < n)
+    else:
+        tl.store(p + offs, v)
+
+
+@triton.jit
+def div(a, b, ACC: tl.constexpr):
+    """IEEE-rounded division (Triton's ``/`` on float32 is approximate on GPUs)."""
+    if ACC == tl.float64:
+        return a / b
+    else:
+        return tl.div_rn(a, b)
+
+
+@triton.jit
+def sqrt(x, ACC: tl.constexpr):
+    """IEEE-rounded square root (``tl.sqrt`` on float32 is approximate on GPUs)."""
+    if ACC == tl.float64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
