@@ -67,10 +67,7 @@ BASELINE_MAKERS = {
 @pytest.mark.parametrize("baseline", list(BASELINE_MAKERS))
 @pytest.mark.parametrize("fuse", [
     pytest.param(False, id="reference-unfused"),
-    pytest.param(True, id="reference-fused", marks=pytest.mark.xfail(
-        strict=True, reason="xsam_fast/base_update.py sgd_update: on the first step the params "
-        "whose momentum buffer was just created are updated twice (init, then the non-init "
-        "pass), giving buf = (1 + momentum) G; remove this mark when fixed")),
+    pytest.param(True, id="reference-fused"),
 ])
 def test_baseline_matches_reference(baseline: str, fuse: bool) -> None:
     want = _train(_reference(fuse), backup_param=False)

@@ -48,10 +48,11 @@ def sgd_update(backend: Backend, base: torch.optim.Optimizer, group: dict[str, A
     if group["momentum"] == 0:
         backend.sgd_update(params, points, backups, grads, [], coeffs, init_bufs=False, **hyper)
         return
-    # params seen for the first time get buf = G (torch's rule), the others the usual update
+    # params seen for the first time get buf = G (torch's rule), the others the usual update;
+    # split before any buffer is created, so no param is updated twice
+    fresh = [base.state[p].get("momentum_buffer") is None for p in params]
     for init in (True, False):
-        idx = [i for i, p in enumerate(params)
-               if (base.state[p].get("momentum_buffer") is None) == init]
+        idx = [i for i, f in enumerate(fresh) if f == init]
         if not idx:
             continue
         if init:
