@@ -3,7 +3,10 @@
 The authors' rule: running statistics move only in the first forward pass of a
 step; every later pass (ascents, the final gradient, the alpha search) runs in
 train mode with BN momentum 0. These helpers are idempotent (disabling twice
-keeps the original momentum), unlike the authors' versions.
+keeps the original momentum), unlike the authors' versions, and they also give
+``num_batches_tracked`` back its value at the time of disabling (the authors'
+let it count every pass, which skews BN layers with ``momentum=None``, whose
+cumulative average divides by that count).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 _SAVED = "_xsam_saved_momentum"
+_SAVED_COUNT = "_xsam_saved_num_batches_tracked"
 
 
 def _bn_layers(model: nn.Module) -> list[_BatchNorm]:
@@ -24,6 +28,8 @@ def _freeze(layers: list[_BatchNorm]) -> list[_BatchNorm]:
     frozen = [m for m in layers if not hasattr(m, _SAVED)]
     for module in frozen:
         setattr(module, _SAVED, module.momentum)
+        count = module.num_batches_tracked
+        setattr(module, _SAVED_COUNT, None if count is None else count.clone())
         module.momentum = 0.0
     return frozen
 
@@ -33,6 +39,11 @@ def _thaw(layers: list[_BatchNorm]) -> None:
         if hasattr(module, _SAVED):
             module.momentum = getattr(module, _SAVED)
             delattr(module, _SAVED)
+            count = getattr(module, _SAVED_COUNT, None)
+            if count is not None and module.num_batches_tracked is not None:
+                module.num_batches_tracked.copy_(count)
+            if hasattr(module, _SAVED_COUNT):
+                delattr(module, _SAVED_COUNT)
 
 
 def disable_running_stats(model: nn.Module) -> None:

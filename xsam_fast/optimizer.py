@@ -236,6 +236,7 @@ class XSAM(torch.optim.Optimizer):
                 raise RuntimeError("second_step() called without first_step() in this step")
             buckets = self._buckets()
             self._backup_late_params(buckets)
+            self._restore_gradless(buckets)
             sums = self._final_sums(buckets)
             if self.nonfinite != "none" and not bool(torch.isfinite(sums).all()):
                 self._report_nonfinite("gradient or ascent displacement")
@@ -355,6 +356,17 @@ class XSAM(torch.optim.Optimizer):
                 if id(p) not in held:
                     backup.copy_(p)
                     self._backed_up.append(p)
+
+    def _restore_gradless(self, buckets: list[_Bucket]) -> None:
+        """Put back theta_0 in params that moved in the ascent but have no final gradient.
+
+        They take no part in the update (as with the authors' restore-then-step), so
+        they must end the step, and stay during a search, where they started.
+        """
+        stepped = {id(p) for b in buckets for p in b.params}
+        for p in self._backed_up:
+            if id(p) not in stepped:
+                p.copy_(self.state[p]["theta0"])
 
     def _sumsq(self, buckets: list[_Bucket], pick: Callable[[_Bucket], list[Tensor]]) -> Tensor:
         parts = [b.backend.sumsq(pick(b)) for b in buckets]
