@@ -150,11 +150,17 @@ def test_zero_gradient_no_nan_no_move(api):
 
 
 # ---------------------------------------------------------- non-finite gradients
-def _good_then_bad(bad_pass: int, value: float, steps: int, nonfinite: str):
+BASES = {"sgd-momentum": (torch.optim.SGD, dict(lr=0.1, momentum=0.9)),
+         "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2))}
+
+
+def _good_then_bad(bad_pass: int, value: float, steps: int, nonfinite: str,
+                   base: str = "sgd-momentum"):
     """A model after one good step, and a closure that poisons pass ``bad_pass`` of the next."""
     model = make_mlp()
-    opt = XSAM(model.parameters(), torch.optim.SGD, backend="reference", rho=0.2, lr=0.1,
-               momentum=0.9, steps=steps, nonfinite=nonfinite, model=model)
+    cls, kw = BASES[base]
+    opt = XSAM(model.parameters(), cls, backend="reference", rho=0.2, steps=steps,
+               nonfinite=nonfinite, model=model, **kw)
     batches = make_batches("mlp", 2)
     closure_step(opt, model, *batches[0])
     x, y = batches[1]
@@ -173,13 +179,16 @@ def _good_then_bad(bad_pass: int, value: float, steps: int, nonfinite: str):
 
 
 def _snapshot(opt):
-    return {k: v["momentum_buffer"].clone() for k, v in opt.base_optimizer.state.items()}
+    """Every tensor of the base optimizer's state, cloned, keyed by (param, name)."""
+    return {(id(p), name): t.clone() for p, st in opt.base_optimizer.state.items()
+            for name, t in st.items()}
 
 
+@pytest.mark.parametrize("base", list(BASES))
 @pytest.mark.parametrize("value", [math.nan, math.inf], ids=["nan", "inf"])
 @pytest.mark.parametrize("bad_pass", [0, 1, 2], ids=["first-pass", "second-ascent", "final"])
-def test_nonfinite_warn_restores_and_skips(bad_pass, value):
-    model, opt, closure = _good_then_bad(bad_pass, value, steps=2, nonfinite="warn")
+def test_nonfinite_warn_restores_and_skips(bad_pass, value, base):
+    model, opt, closure = _good_then_bad(bad_pass, value, steps=2, nonfinite="warn", base=base)
     start, buffers, count = params_of(model), _snapshot(opt), opt.step_count
     with pytest.warns(RuntimeWarning, match="non-finite"):
         opt.step(closure)
