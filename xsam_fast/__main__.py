@@ -1,0 +1,4 @@
+"""``python -m xsam_fast ...`` runs the ``xsam-fast`` command."""
+from .cli import main
+
+raise SystemExit(main())

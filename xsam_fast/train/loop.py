@@ -1,0 +1,197 @@
+"""One training run: one method, one seed, a fixed number of epochs.
+
+The three methods share everything but the optimizer step: the same model
+initialisation (``torch.manual_seed(seed)``), the same batch order (a generator
+seeded with ``seed``), the same base optimizer (SGD with momentum and weight
+decay), the same cosine learning-rate schedule over ``epochs`` (stepped once per
+epoch, as in the authors' ``train.py``) and the same number of epochs:
+
+* ``sgd``: the base optimizer alone, one forward/backward per batch;
+* ``sam``: :class:`~xsam_fast.XSAM` with ``alpha = 1`` fixed (SAM's direction);
+* ``xsam``: :class:`~xsam_fast.XSAM` whose alpha is searched on the first batch
+  of every epoch and kept for the rest of it (``is_dynamic``, the authors'
+  schedule), or fixed at ``alpha`` with ``is_dynamic=False``.
+
+SAM and XSAM use the closure API (``opt.step(closure, search_loss=...,
+update_alpha=...)``) with ``model=`` so that only the first forward pass of a
+step moves the BatchNorm running statistics.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..optimizer import XSAM
+from .data import Batches, Dataset
+from .model import SmallCNN
+
+METHODS = ("sgd", "sam", "xsam")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a run; names follow the authors' ``train.py`` flags."""
+
+    epochs: int = 20
+    bs: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    wd: float = 1e-3
+    rho: float = 0.15       # total ascent length (each of the ``steps`` ascents: rho/steps)
+    rho_max: float = 0.30
+    steps: int = 1
+    alpha: float = 1.0      # XSAM's alpha when not dynamic
+    is_dynamic: bool = True
+    alpha_max: float = 2.0
+    alpha_delta: float = 0.1
+    eps: float = 1e-12
+    backend: str = "auto"
+    width: int = 32
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_optimizer(method: str, model: nn.Module, cfg: TrainConfig
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """``(optimizer, base optimizer)`` for ``method``; they are the same object for SGD."""
+    base_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    if method == "sgd":
+        opt = torch.optim.SGD(model.parameters(), **base_kwargs)
+        return opt, opt
+    if method not in ("sam", "xsam"):
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    alpha = 1.0 if method == "sam" else cfg.alpha
+    opt = XSAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, steps=cfg.steps,
+               rho_max=cfg.rho_max, alpha=alpha, alpha_max=cfg.alpha_max,
+               alpha_delta=cfg.alpha_delta, eps=cfg.eps, backend=cfg.backend, model=model,
+               **base_kwargs)
+    return opt, opt.base_optimizer
+
+
+def searches(method: str, cfg: TrainConfig) -> bool:
+    """Whether ``method`` searches alpha (once per epoch, on its first batch)."""
+    return method == "xsam" and cfg.is_dynamic
+
+
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, batches: Batches,
+                generator: torch.Generator, *, search_first_batch: bool,
+                on_batch: Callable[[], None] | None = None) -> tuple[float, float]:
+    """One pass over ``batches``; returns (mean train loss, train accuracy) at the
+    batches' starting points (the first forward pass of each step)."""
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.long)
+    seen = 0
+    for i, (x, y) in enumerate(batches.epoch(generator)):
+        if isinstance(opt, XSAM):
+            first: list[torch.Tensor] = []
+
+            def closure() -> torch.Tensor:
+                opt.zero_grad()
+                out = model(x)
+                loss = criterion(out, y)
+                loss.backward()
+                if not first:
+                    first.append(out.detach())
+                return loss
+
+            update = search_first_batch and i == 0
+            loss = opt.step(closure, search_loss=(lambda: criterion(model(x), y)) if update else None,
+                            update_alpha=update)
+            out = first[0]
+        else:
+            opt.zero_grad()
+            out = model(x)
+            loss = criterion(out, y)
+            loss.backward()
+            opt.step()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        if on_batch is not None:
+            on_batch()
+    return float(loss_sum) / seen, float(correct) / seen
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``model`` in eval mode."""
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, y in batches.epoch(None):
+        out = model(x)
+        loss_sum += float(criterion(out, y))
+        correct += int((out.argmax(1) == y).sum())
+        seen += len(y)
+    return loss_sum / seen, correct / seen
+
+
+def train_run(method: str, seed: int, data: Dataset, cfg: TrainConfig, *,
+              on_batch: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Train a fresh model with ``method`` from ``seed``; yield one record per epoch.
+
+    A record holds ``epoch, method, seed, lr, train_loss, train_acc, test_loss,
+    test_acc, alpha, psi, epoch_time_s`` and ``search_curve`` (the ``[alpha,
+    loss]`` pairs of the epoch's search, or None). ``epoch_time_s`` is the wall
+    time of the training pass only (search included, evaluation excluded).
+    ``alpha`` is None for SGD; ``psi`` is the angle of the epoch's last step.
+    """
+    torch.manual_seed(seed)
+    model = SmallCNN(data.in_channels, data.num_classes, cfg.width)
+    generator = torch.Generator().manual_seed(seed)
+    opt, base = build_optimizer(method, model, cfg)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=cfg.epochs)
+    search = searches(method, cfg)
+    for epoch in range(1, cfg.epochs + 1):
+        lr = base.param_groups[0]["lr"]
+        n_searches = len(opt.search_history) if isinstance(opt, XSAM) else 0
+        start = time.perf_counter()
+        train_loss, train_acc = train_epoch(model, opt, data.train, generator,
+                                            search_first_batch=search, on_batch=on_batch)
+        epoch_time = time.perf_counter() - start
+        test_loss, test_acc = evaluate(model, data.test)
+        scheduler.step()
+        alpha = psi = curve = None
+        if isinstance(opt, XSAM):
+            alpha = opt.alpha
+            psi = opt.stats().get("psi")
+            if len(opt.search_history) > n_searches:
+                curve = [[float(a), float(v)] for a, v in opt.search_curve]
+        yield dict(epoch=epoch, method=method, seed=seed, lr=lr, train_loss=train_loss,
+                   train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
+                   alpha=alpha, psi=_finite_or_none(psi), epoch_time_s=epoch_time,
+                   search_curve=curve)
+
+
+def warm_up(data: Dataset, cfg: TrainConfig, methods: list[str], batches: int = 2) -> None:
+    """A few untimed steps of every method, so one-time costs (thread pools,
+    backend set-up, allocator) are not charged to the first timed run."""
+    x, y = next(iter(data.train.epoch(torch.Generator().manual_seed(0))))
+    criterion = nn.CrossEntropyLoss()
+    for method in methods:
+        model = SmallCNN(data.in_channels, data.num_classes, cfg.width)
+        opt, _ = build_optimizer(method, model, cfg)
+        for i in range(batches):
+            def closure() -> torch.Tensor:
+                opt.zero_grad()
+                loss = criterion(model(x), y)
+                loss.backward()
+                return loss
+            if isinstance(opt, XSAM):
+                opt.step(closure, search_loss=lambda: criterion(model(x), y),
+                         update_alpha=searches(method, cfg) and i == 0)
+            else:
+                closure()
+                opt.step()
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
