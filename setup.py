@@ -4,7 +4,7 @@ Build switches (environment variables), all optional:
   XSAM_FAST_NO_EXT=1        build no extension at all (pure Python + Triton)
   FORCE_CUDA=1              build the CUDA extension even where no GPU is visible
   XSAM_FAST_NO_CUDA=1       never build the CUDA extension
-  TORCH_CUDA_ARCH_LIST      CUDA targets (default here "8.0;9.0")
+  TORCH_CUDA_ARCH_LIST      CUDA targets (default here "8.0;9.0+PTX")
   MAX_JOBS                  parallel compile jobs (read by torch's BuildExtension)
 
 Install with ``pip install --no-build-isolation .`` so the extension is compiled
@@ -39,7 +39,7 @@ def _extensions():
               "building without the C++ extension", file=sys.stderr)
         return [], {}
 
-    cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-g0", "-fopenmp"]  # no -std: torch adds the one its headers need
     ext_modules = []
     cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if cpu_sources:
@@ -53,7 +53,7 @@ def _extensions():
                           + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     want_cuda = not _flag("XSAM_FAST_NO_CUDA") and (torch.cuda.is_available() or _flag("FORCE_CUDA"))
     if cuda_sources and want_cuda and CUDA_HOME is not None and torch.version.cuda is not None:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         ext_modules.append(CUDAExtension(
             "xsam_fast._C_cuda", cuda_sources,
             extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "-lineinfo"]}))

@@ -1,0 +1,3 @@
+// The chunk kernels compiled for baseline x86-64 / any CPU (the fallback).
+#define XSAM_ISA generic
+#include "chunk_kernels.h"
