@@ -1,7 +1,8 @@
 """The ``xsam-fast`` command (also ``python -m xsam_fast``).
 
     xsam-fast train [options]     SGD vs SAM vs XSAM on a small CNN (digits by default)
-    xsam-fast plot [LOG]          redraw the figure of a training log
+    xsam-fast plot [LOG]          redraw the figure of a training log, or of a search log
+    xsam-fast diagnose [options]  loss along g0, SAM's g1 and v(alpha*) on the digits CNN
     xsam-fast bench [options]     optimizer-step benchmark (needs a source checkout)
 
 ``train``'s flags follow the authors' ``train.py`` (``--rho --rho_max --steps
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=(
         "XSAM (eXplicit Sharpness-Aware Minimization) for PyTorch: training demo, plots "
         "and benchmarks."))
-    sub = parser.add_subparsers(dest="command", metavar="{train,plot,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,plot,diagnose,bench}")
 
     t = sub.add_parser("train", help="train a small CNN with SGD, SAM and XSAM; print a table",
                        description=(
@@ -107,11 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=os.path.join("results", "train"), help="output folder")
     g.add_argument("--no_progress", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("plot", help="redraw the figure of a training log",
+    p = sub.add_parser("plot", help="redraw the figure of a training log or a search log",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("log", nargs="?", default=os.path.join("results", "train", "log.jsonl"),
-                   help="log.jsonl written by `xsam-fast train`")
-    p.add_argument("--out", default=None, help="PNG to write (default: training.png next to LOG)")
+                   help="log.jsonl written by `xsam-fast train`, or a search log written by "
+                        "xsam_fast.searchlog.SearchLogger (alpha* over training, loss-vs-alpha "
+                        "curves)")
+    p.add_argument("--out", default=None, help="PNG to write (default: training.png, or "
+                                               "search.png for a search log, next to LOG)")
+
+    from .diagnostics import add_arguments as diagnose_arguments
+
+    dg = sub.add_parser("diagnose", help="loss at distance rho_max along g0, SAM's g1 and "
+                                         "v(alpha*) at a few epochs of training the digits CNN",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    diagnose_arguments(dg)
 
     sub.add_parser("bench", add_help=False,
                    help="optimizer-step benchmark, benchmarks.bench_step (source checkout only); "
@@ -130,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args)
     if args.command == "plot":
         return _plot(args)
+    if args.command == "diagnose":
+        return _diagnose(args)
     parser.print_help()
     return 0
 
@@ -189,6 +202,18 @@ def _plot(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         return _error("plot", f"matplotlib is missing: {TRAIN_EXTRA}")
+    from .searchlog import is_search_log
+
+    if os.path.isfile(args.log) and is_search_log(args.log):
+        from .plotting import plot_search_log
+
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.log)), "search.png")
+        try:
+            path = plot_search_log(args.log, out)
+        except (OSError, ValueError) as exc:
+            return _error("plot", str(exc))
+        print(f"wrote {path}")
+        return 0
     from .train.plot import plot_log
     from .train.runner import PLOT_NAME
 
@@ -199,6 +224,20 @@ def _plot(args: argparse.Namespace) -> int:
         return _error("plot", str(exc))
     print(f"wrote {path}")
     return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError as exc:
+        return _error("diagnose", f"{exc.name} is missing: {TRAIN_EXTRA}")
+    from .diagnostics import run
+
+    try:
+        return run(args)
+    except ValueError as exc:
+        return _error("diagnose", str(exc))
 
 
 def _bench(argv: list[str]) -> int:

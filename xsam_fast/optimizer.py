@@ -7,19 +7,22 @@ math lives in ``xsam_fast.coefficients``.
 from __future__ import annotations
 
 import math
+import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from . import coefficients as C
 from .backends import get_backend, validate_backend_name
 from .backends.base import Backend
 from .base_update import FUSED_UPDATES, fused_kind
 from .batchnorm import frozen_running_stats
-from .search import STRATEGIES
+from .search import STRATEGIES, ModelLoss
 
 NonFinite = Literal["warn", "raise", "none"]
 LossFn = Callable[[], Tensor]
@@ -67,7 +70,13 @@ class XSAM(torch.optim.Optimizer):
         search_interval: with :meth:`step`, search alpha every this many steps
             (``None``: only when asked with ``update_alpha=True``).
         search: search strategy, a key of :data:`xsam_fast.search.STRATEGIES`
-            (``"grid"``: the authors' exhaustive grid).
+            (``"grid"``: the authors' exhaustive grid; ``"fibonacci"``, ``"coarse"``:
+            fewer forward passes, see :mod:`xsam_fast.search`).
+        search_batch: evaluate this many grid points per forward pass (``torch.func.vmap``
+            over stacked candidate parameters; K times the parameter memory). Needs a
+            :class:`~xsam_fast.search.ModelLoss` search loss (``second_step``'s
+            model/inputs/targets/criterion build one); with any other ``search_loss``
+            callable the search runs one point per forward, as with 1.
         interval: :meth:`step` runs the full XSAM step every ``interval``-th call
             and a plain base-optimizer step (one forward/backward) in between.
         max_grad_norm: clip the interpolated gradient G to this global L2 norm
@@ -100,6 +109,7 @@ class XSAM(torch.optim.Optimizer):
         model: nn.Module | None = None,
         search_interval: int | None = None,
         search: str = "grid",
+        search_batch: int = 1,
         interval: int = 1,
         max_grad_norm: float | None = None,
         fuse_base_update: bool = True,
@@ -128,6 +138,8 @@ class XSAM(torch.optim.Optimizer):
             _check_nonnegative("max_grad_norm", max_grad_norm)
         if search not in STRATEGIES:
             raise ValueError(f"unknown search {search!r}; valid: {', '.join(STRATEGIES)}")
+        if not isinstance(search_batch, int) or isinstance(search_batch, bool) or search_batch < 1:
+            raise ValueError(f"search_batch must be an integer >= 1, got {search_batch!r}")
 
         super().__init__(params, dict(rho=rho, rho_max=rho_max))
         for group in self.param_groups:
@@ -146,6 +158,7 @@ class XSAM(torch.optim.Optimizer):
         self.model = model
         self.search_interval = search_interval
         self.search = search
+        self.search_batch = search_batch
         self.interval = interval
         self.max_grad_norm = max_grad_norm
         self.fuse_base_update = fuse_base_update
@@ -157,6 +170,8 @@ class XSAM(torch.optim.Optimizer):
         self.search_history: list[dict[str, Any]] = []
         self._backed_up: list[Tensor] = []  # params whose theta_0 is held for the current step
         self._skip = False  # the current step met a non-finite gradient
+        self._search_requested = False  # request_search(): the next XSAM step searches
+        self._search_hooks: dict[int, Callable[..., None]] = OrderedDict()  # weakref-able
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -226,6 +241,7 @@ class XSAM(torch.optim.Optimizer):
         Call after the backward pass at the final ascent point. With
         ``update_alpha=True`` the search evaluates ``criterion(model(inputs), targets)``
         (the authors' signature) or ``search_loss()`` at each grid point, forward only.
+        A pending :meth:`request_search` makes this step search whatever ``update_alpha`` says.
         Returns ``||g||`` (the authors' ``scale``), or None if the step was skipped.
         """
         try:
@@ -244,13 +260,13 @@ class XSAM(torch.optim.Optimizer):
                 return None
             psi, norm_g, norm_d = C.angle(sums, self.eps)
             points = [b.params for b in buckets]
-            if update_alpha:
+            if update_alpha or self._search_requested:
                 model = model if model is not None else self.model
                 if search_loss is None:
                     if model is None or criterion is None:
                         raise ValueError("update_alpha=True needs model, inputs, targets and "
-                                         "criterion, or search_loss")
-                    search_loss = lambda: criterion(model(inputs), targets)  # noqa: E731
+                                         "criterion, or search_loss (request_search() too)")
+                    search_loss = ModelLoss(model, inputs, targets, criterion)
                 points = self._search(buckets, psi, norm_g, norm_d, search_loss, model)
             self._update(buckets, points, sums, psi, norm_g, norm_d)
         except BaseException:
@@ -291,6 +307,9 @@ class XSAM(torch.optim.Optimizer):
                             and self.step_count % self.search_interval == 0)
         if update_alpha and search_loss is None:
             raise ValueError("update_alpha=True needs search_loss, a forward-only loss callable")
+        if self._search_requested and search_loss is None:
+            raise ValueError("request_search() is pending: this step needs search_loss, a "
+                             "forward-only loss callable")
         try:
             with torch.enable_grad():
                 loss = closure()
@@ -394,20 +413,49 @@ class XSAM(torch.optim.Optimizer):
                                                self.eps).to(_acc(b)) for b in buckets]
         points = [[p.detach().clone() for p in b.params] for b in buckets]
         index = {a: k for k, a in enumerate(alphas)}
+        names = self._batch_names(buckets, loss_fn)
+        forwards = [0]
 
         def evaluate(batch: Sequence[float]) -> list[float]:
             losses = []
-            for a in batch:
-                for b, pts, co in zip(buckets, points, coeffs):
-                    b.backend.write_point(b.params, pts, b.backups, b.grads, co[index[a]])
-                losses.append(loss_fn().detach().reshape(()))
+            if names is not None:  # search_batch points per vectorised forward
+                for start in range(0, len(batch), self.search_batch):
+                    chunk = [index[a] for a in batch[start:start + self.search_batch]]
+                    stacked = {names[id(p)]: _stacked_points(p, x, b0, g, co[chunk])
+                               for b, pts, co in zip(buckets, points, coeffs)
+                               for p, x, b0, g in zip(b.params, pts, b.backups, b.grads)}
+                    losses.extend(loss_fn.batched(stacked).detach().reshape(-1).unbind(0))
+                    forwards[0] += 1
+            else:
+                for a in batch:
+                    for b, pts, co in zip(buckets, points, coeffs):
+                        b.backend.write_point(b.params, pts, b.backups, b.grads, co[index[a]])
+                    losses.append(loss_fn().detach().reshape(()))
+                    forwards[0] += 1
             return torch.stack(losses).tolist()  # one host synchronisation per batch
 
+        start_time = time.perf_counter()
         with frozen_running_stats(model):
             self.alpha, self.search_curve = STRATEGIES[self.search](alphas, evaluate)
-        self.search_history.append(dict(step=self.step_count, alpha=self.alpha,
-                                        curve=self.search_curve))
+        record = dict(step=self.step_count, alpha=self.alpha, curve=self.search_curve,
+                      strategy=self.search, evaluations=len(self.search_curve),
+                      forwards=forwards[0], time_s=time.perf_counter() - start_time,
+                      psi=float(psi), grad_norm=float(norm_g), d_norm=float(norm_d))
+        self.search_history.append(record)
+        self._search_requested = False
+        for hook in list(self._search_hooks.values()):
+            hook(self, dict(record))
         return points
+
+    def _batch_names(self, buckets: list[_Bucket], loss_fn: LossFn) -> dict[int, str] | None:
+        """Parameter names for a batched search, or None for the sequential one (search_batch 1,
+        a search loss that is not a :class:`ModelLoss`, or parameters outside its model)."""
+        if self.search_batch == 1 or not isinstance(loss_fn, ModelLoss):
+            return None
+        names = {id(p): n for n, p in loss_fn.model.named_parameters()}
+        if any(id(p) not in names for b in buckets for p in b.params):
+            return None
+        return names
 
     def _update(self, buckets: list[_Bucket], points: list[list[Tensor]], sums: Tensor,
                 psi: Tensor, norm_g: Tensor, norm_d: Tensor) -> None:
@@ -446,6 +494,30 @@ class XSAM(torch.optim.Optimizer):
         self._backed_up = []
         self._skip = False
 
+    # ------------------------------------------------------------ searching
+    def request_search(self) -> None:
+        """Make the next XSAM step search alpha (on demand; consumed by that search).
+
+        It then searches whatever ``update_alpha`` says; with :meth:`step` it needs a
+        ``search_loss``. Once per epoch: call this before the epoch's first step, or
+        pass ``update_alpha=(batch_idx == 0)``.
+        """
+        self._search_requested = True
+
+    def register_search_hook(self, hook: Callable[["XSAM", dict[str, Any]], None]
+                             ) -> RemovableHandle:
+        """Call ``hook(optimizer, record)`` after every search; returns a handle with ``remove()``.
+
+        ``record`` is a copy of the :attr:`search_history` entry: ``step``, ``alpha``,
+        ``curve`` (the evaluated ``(alpha, loss)`` pairs), ``strategy``,
+        ``evaluations`` (grid points evaluated), ``forwards`` (forward passes run),
+        ``time_s``, and the step's ``psi``, ``grad_norm``, ``d_norm`` as floats.
+        :class:`xsam_fast.searchlog.SearchLogger` writes them to a JSON Lines file.
+        """
+        handle = RemovableHandle(self._search_hooks)
+        self._search_hooks[handle.id] = hook
+        return handle
+
     # ------------------------------------------------------------ reporting
     def stats(self) -> dict[str, float]:
         """:attr:`last_stats` as Python floats (reads the device scalars: one sync)."""
@@ -478,6 +550,18 @@ class XSAM(torch.optim.Optimizer):
 
 def _acc(bucket: _Bucket) -> torch.dtype:
     return C.accumulation_dtype(bucket.params[0].dtype)
+
+
+def _stacked_points(p: Tensor, point: Tensor, backup: Tensor, grad: Tensor, coeffs: Tensor
+                    ) -> Tensor:
+    """The K search points ``theta_0 + (c_d (point - theta_0) + c_g g)`` of one parameter,
+    stacked (K, *p.shape); ``coeffs`` is (K, 2). Same arithmetic as ``write_point``."""
+    acc = coeffs.dtype
+    shape = (-1,) + (1,) * p.dim()
+    theta0 = backup.to(acc)
+    direction = (coeffs[:, 0].reshape(shape) * (point.to(acc) - theta0)
+                 + coeffs[:, 1].reshape(shape) * grad.to(acc))
+    return (theta0 + direction).to(p.dtype)
 
 
 def _combine(parts: list[Tensor]) -> Tensor:
