@@ -32,12 +32,14 @@ def pick_evenly(n: int, k: int) -> list[int]:
 
 
 def plot_search_log(log: str | os.PathLike | Sequence[dict[str, Any]], out: str | os.PathLike,
-                    *, max_curves: int = 8, title: str | None = None) -> str:
+                    *, max_curves: int = 8, relative: bool = True, title: str | None = None
+                    ) -> str:
     """Draw alpha* per search (left) and up to ``max_curves`` loss-vs-alpha curves (right).
 
     ``log`` is a path or the records themselves. The curves are spread evenly
     over the run, coloured from early (dark) to late (light), each with a star
-    at its alpha*. Writes ``out`` (PNG, or any format matplotlib knows from the
+    at its alpha*. With ``relative`` each curve is drawn minus its own minimum, so
+    the shapes stay visible while the loss falls over training. Writes ``out`` (PNG, or any format matplotlib knows from the
     suffix) and returns its path.
     """
     records = read_search_log(log) if isinstance(log, (str, os.PathLike)) else list(log)
@@ -58,15 +60,16 @@ def plot_search_log(log: str | os.PathLike | Sequence[dict[str, Any]], out: str 
     for j, i in enumerate(chosen):
         r = records[i]
         alphas = [a for a, _ in r["curve"]]
-        losses = [loss for _, loss in r["curve"]]
+        shift = min(loss for _, loss in r["curve"]) if relative else 0.0
+        losses = [loss - shift for _, loss in r["curve"]]
         color = cmap(j / max(1, len(chosen) - 1))
         label = f"step {r['step']}" + (f" (epoch {r['epoch']})" if "epoch" in r else "")
         ax_c.plot(alphas, losses, "o-", ms=2.5, color=color, label=label)
-        best = [loss for a, loss in r["curve"] if a == r["alpha"]]
+        best = [loss - shift for a, loss in r["curve"] if a == r["alpha"]]
         if best:
             ax_c.plot([r["alpha"]], best, "*", ms=11, color=color, mec="black", mew=0.5)
     ax_c.set_xlabel("alpha")
-    ax_c.set_ylabel("loss at theta_0 + rho_max v(alpha)")
+    ax_c.set_ylabel("L(theta_0 + rho_max v(alpha))" + (" - min over alpha" if relative else ""))
     ax_c.set_title("search curves (star: alpha*)")
     ax_c.legend(loc="best", fontsize=7)
     if title:
