@@ -64,7 +64,7 @@ def _build_emulation(out_dir: Path) -> ctypes.CDLL:
     dll.xsam_emu_run.restype = ctypes.c_int64
     dll.xsam_emu_run.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                 ctypes.c_void_p, ctypes.c_int64]
+                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_double]
     for name in ("xsam_emu_chunk", "xsam_emu_max_blocks"):
         getattr(dll, name).restype = ctypes.c_int64
     dll.xsam_emu_max_tensors.restype = ctypes.c_int64
@@ -91,7 +91,7 @@ class EmulatedCudaBackend(Backend):
     def launch_count(self) -> int:
         return self.launches
 
-    def _run(self, phase, lists, scalar=None, hyper=(), nsums=0):
+    def _run(self, phase, lists, scalar=None, hyper=(), nsums=0, eta=None):
         first = lists[0]
         dtype = first[0].dtype
         n = len(first)
@@ -108,7 +108,8 @@ class EmulatedCudaBackend(Backend):
             scalar = scalar.detach().to("cpu", _acc(dtype)).contiguous()
         launches = self.dll.xsam_emu_run(
             _PHASE[phase], _EMU_DTYPE[dtype], n, ptrs, numels,
-            None if scalar is None else scalar.data_ptr(), hyp, partials.data_ptr(), stride)
+            None if scalar is None else scalar.data_ptr(), hyp, partials.data_ptr(), stride,
+            -1.0 if eta is None else float(eta))
         assert launches >= 0
         # a reduction on the GPU adds one cleanup launch
         self.launches += launches + (1 if nsums else 0)
@@ -117,32 +118,36 @@ class EmulatedCudaBackend(Backend):
                 torch.zeros(nsums, dtype=_acc(dtype))
         return None
 
-    def sumsq(self, tensors):
+    def sumsq(self, tensors, *, weights=None, eta=None):
         if not tensors:
             return torch.zeros((), dtype=torch.float32)
-        return self._run("sumsq", [list(tensors)], nsums=1).reshape(())
+        lists = [list(tensors)] + ([list(weights)] if eta is not None else [])
+        return self._run("sumsq", lists, nsums=1, eta=eta).reshape(())
 
-    def backup_ascent(self, params, grads, backups, scale, backup):
+    def backup_ascent(self, params, grads, backups, scale, backup, *, eta=None):
         if params:
-            lists = [list(params), list(grads)] + ([list(backups)] if backup else [])
-            self._run("backup_ascent" if backup else "ascent", lists, scale)
+            keep = backup or eta is not None
+            lists = [list(params), list(grads)] + ([list(backups)] if keep else [])
+            self._run("backup_ascent" if backup else "ascent", lists, scale, eta=eta)
 
-    def final_sums(self, points, backups, grads):
+    def final_sums(self, points, backups, grads, *, eta=None):
         if not points:
             return torch.zeros(3, dtype=torch.float32)
-        return self._run("final_sums", [list(points), list(backups), list(grads)], nsums=3)
+        return self._run("final_sums", [list(points), list(backups), list(grads)], nsums=3,
+                         eta=eta)
 
-    def write_point(self, out, points, backups, grads, coeffs):
+    def write_point(self, out, points, backups, grads, coeffs, *, eta=None):
         if out:
-            self._run("write_point", [list(out), list(points), list(backups), list(grads)], coeffs)
+            self._run("write_point", [list(out), list(points), list(backups), list(grads)], coeffs,
+                      eta=eta)
 
-    def write_grad_restore(self, params, points, backups, grads, coeffs):
+    def write_grad_restore(self, params, points, backups, grads, coeffs, *, eta=None):
         if params:
             self._run("write_grad_restore",
-                      [list(params), list(points), list(backups), list(grads)], coeffs)
+                      [list(params), list(points), list(backups), list(grads)], coeffs, eta=eta)
 
     def sgd_update(self, params, points, backups, grads, bufs, coeffs, *, lr, weight_decay,
-                   momentum, dampening, nesterov, maximize, init_bufs):
+                   momentum, dampening, nesterov, maximize, init_bufs, eta=None):
         if not params:
             return
         lists = [list(params), list(points), list(backups), list(grads)]
@@ -152,16 +157,16 @@ class EmulatedCudaBackend(Backend):
             phase = "sgd_init" if init_bufs else "sgd_momentum"
             lists.append(list(bufs))
         self._run(phase, lists, coeffs,
-                  (lr, weight_decay, momentum, dampening, nesterov, maximize))
+                  (lr, weight_decay, momentum, dampening, nesterov, maximize), eta=eta)
 
     def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, coeffs, *, lr,
                     beta1, beta2, eps, weight_decay, decoupled, maximize, step_size,
-                    bias_correction2_sqrt):
+                    bias_correction2_sqrt, eta=None):
         if params:
             self._run("adam", [list(params), list(points), list(backups), list(grads),
                                list(exp_avgs), list(exp_avg_sqs)], coeffs,
                       (lr, beta1, beta2, eps, weight_decay, decoupled, maximize, step_size,
-                       bias_correction2_sqrt))
+                       bias_correction2_sqrt), eta=eta)
 
 
 # --------------------------------------------------------------------------- targets
@@ -419,6 +424,74 @@ def test_adam_update(target, dtype, misaligned, case):
     _assert_lists_close(params, ref_p, "params")
 
 
+# --------------------------------------------------------------------------- ASAM (eta)
+ASAM_ETA = 0.05
+#: fewer elements than SIZES (the emulation is slow), still odd sizes, chunk edges and a tail
+ASAM_SIZES = [0, 1, 3, 5, 7, 9, 17, 100, 1023, 4097, CHUNK + 1]
+
+
+def _asam_case(dtype, dev, misaligned, seed):
+    """theta_0 with values near 0 too (T ~ eta there), ascent points, gradients."""
+    backups = [(b.double() * torch.linspace(0, 1, b.numel(), dtype=torch.float64).to(b.device)
+                ** 4).to(dtype) for b in _tensors(ASAM_SIZES, dtype, dev, seed, misaligned)]
+    grads = _tensors(ASAM_SIZES, dtype, dev, seed + 1, misaligned)
+    points = [(b.double() + 0.05 * g.double()).to(dtype) for b, g in zip(backups, grads)]
+    return backups, points, grads
+
+
+@dtype_param
+@aligned_param
+def test_asam_sums(target, dtype, misaligned):
+    dev = target.device
+    backups, points, grads = _asam_case(dtype, dev, misaligned, 60)
+    got = target.backend.sumsq(grads, weights=backups, eta=ASAM_ETA)
+    want = REF.sumsq(grads, weights=backups, eta=ASAM_ETA)
+    _sum_close(got, want, want, dtype, "||T g||^2")
+    got = target.backend.final_sums(points, backups, grads, eta=ASAM_ETA)
+    want = REF.final_sums(points, backups, grads, eta=ASAM_ETA)
+    mag = sum(float(((x.double() - b.double()) * g.double()).abs().sum())
+              for x, b, g in zip(points, backups, grads))
+    for k, what in enumerate(["||T g||^2", "||d/T||^2"]):
+        _sum_close(got[k], want[k], want[k], dtype, what)
+    _sum_close(got[2], want[2], mag, dtype, "<d, g>")
+
+
+@dtype_param
+@aligned_param
+@pytest.mark.parametrize("phase", ["backup_ascent", "ascent", "write_point", "write_grad_restore",
+                                   "sgd_update", "adam_update"])
+def test_asam_elementwise_phases(target, dtype, misaligned, phase):
+    dev = target.device
+    backups, points, grads = _asam_case(dtype, dev, misaligned, 61)
+    co = _coeffs(dtype, dev, 62)
+    m = _tensors(ASAM_SIZES, dtype, dev, 63, misaligned, 0.1)
+    v = [x.abs() for x in _tensors(ASAM_SIZES, dtype, dev, 64, misaligned, 0.01)]
+    cases = [dict(p=_clone(points), b=_clone(backups), g=_clone(grads), m=_clone(m), v=_clone(v))
+             for _ in range(2)]
+    for backend, c in zip((target.backend, REF), cases):
+        if phase in ("backup_ascent", "ascent"):
+            if phase == "backup_ascent":  # T must come from the params (theta_0 then)
+                c["b"] = [torch.full_like(b, 7.0) for b in c["b"]]
+            scale = torch.tensor(0.37, dtype=_acc(dtype), device=dev)
+            backend.backup_ascent(c["p"], c["g"], c["b"], scale, phase == "backup_ascent",
+                                  eta=ASAM_ETA)
+        elif phase == "write_point":
+            out = [torch.zeros_like(p) for p in c["p"]]
+            backend.write_point(out, c["p"], c["b"], c["g"], co, eta=ASAM_ETA)
+            c["p"] = out
+        elif phase == "write_grad_restore":
+            backend.write_grad_restore(c["p"], c["p"], c["b"], c["g"], co, eta=ASAM_ETA)
+        elif phase == "sgd_update":
+            backend.sgd_update(c["p"], c["p"], c["b"], c["g"], c["m"], co, lr=0.05,
+                               init_bufs=False, eta=ASAM_ETA, **SGD_CASES["nesterov"])
+        else:
+            backend.adam_update(c["p"], c["p"], c["b"], c["g"], c["m"], c["v"], co, lr=1e-3,
+                                beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-2,
+                                bias_correction2_sqrt=0.05, eta=ASAM_ETA, **ADAM_CASES["adamw"])
+    for key in cases[0]:
+        _assert_lists_close(cases[0][key], cases[1][key], f"{phase}: {key}")
+
+
 # --------------------------------------------------------------------------- chunker
 def test_many_tensors_and_launch_count(target):
     """Launches do not grow with the tensor count until the argument table is full."""
@@ -521,7 +594,10 @@ def _train(target, backend_name, base, base_kw, xsam_kw, steps, monkeypatch):
      dict(rho=0.1, steps=2, alpha=0.7)),
     (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2), dict(rho=0.05, alpha=1.3)),
     (torch.optim.RMSprop, dict(lr=1e-2), dict(rho=0.05)),  # generic path: write_grad_restore
-], ids=["sgd-nesterov-k2", "adamw", "rmsprop-generic"])
+    (torch.optim.SGD, dict(lr=0.1, momentum=0.9), dict(rho=0.3, steps=2, alpha=0.7,
+                                                      adaptive=True)),
+    (torch.optim.AdamW, dict(lr=1e-2), dict(rho=0.3, adaptive=True, adaptive_weights_only=False)),
+], ids=["sgd-nesterov-k2", "adamw", "rmsprop-generic", "asam-sgd-k2", "asam-all-adamw"])
 def test_optimizer_matches_reference(target, base, base_kw, xsam_kw, monkeypatch):
     want = _train(target, "reference", base, base_kw, xsam_kw, 4, monkeypatch)
     before = target.backend.launch_count()

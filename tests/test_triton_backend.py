@@ -406,6 +406,69 @@ def test_tables_are_cached(tm):
     assert tb.tables.builds == built + 1
 
 
+# ---------------------------------------------------------- ASAM geometry (eta)
+ASAM_PHASES = ["sumsq", "final_sums", "backup_ascent", "ascent", "write_point",
+               "write_grad_restore", "sgd_update", "adam_update"]
+
+
+def _asam_sums_close(got, want, mag, dtype, what):
+    rel = 1e-12 if dtype == torch.float64 else 1e-5
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    err = (got.double() - want.double()).abs()
+    assert bool((err <= rel * mag + 1e-30).all()), f"{what}: got {got.tolist()}, want {want.tolist()}"
+
+
+@pytest.mark.parametrize("phase", ASAM_PHASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_asam_phase_matches_reference(tb, dtype, phase):
+    """Every phase with ``eta`` (T = |theta_0| + eta) against the reference backend."""
+    eta = 0.05
+    points, backups, grads, coeffs = _setup(dtype, seed=20)
+    # weights near 0 too, where T ~ eta (|theta_0| is not just of order 1)
+    backups = [(b.double() * torch.linspace(0, 1, b.numel(), dtype=torch.float64) ** 4).to(dtype)
+               for b in backups]
+    points = [(b.double() + 0.05 * g.double()).to(dtype) for b, g in zip(backups, grads)]
+    if phase in ("sumsq", "final_sums"):
+        if phase == "sumsq":
+            got = tb.sumsq(grads, weights=backups, eta=eta)
+            want = REF.sumsq(grads, weights=backups, eta=eta)
+            mag = want.double().abs()
+        else:
+            got = tb.final_sums(points, backups, grads, eta=eta)
+            want = REF.final_sums(points, backups, grads, eta=eta)
+            mag = torch.stack([sum((x.double() - b.double()).abs().mul(g.double().abs()).sum()
+                                   for x, b, g in zip(points, backups, grads))
+                               + want[k].double().abs() for k in range(3)])
+        _asam_sums_close(got, want, mag, dtype, phase)
+        return
+    ours, ref = (dict(p=_clone(points), b=_clone(backups), g=_clone(grads),
+                      m=_tensors(SIZES, dtype, 21, scale=0.1),
+                      v=[v.abs() for v in _tensors(SIZES, dtype, 22, scale=0.1)])
+                 for _ in range(2))
+    for backend, c in ((tb, ours), (REF, ref)):
+        if phase in ("backup_ascent", "ascent"):
+            if phase == "backup_ascent":  # T must come from the params (= theta_0 then)
+                c["b"] = [torch.full_like(b, 3.0) for b in c["b"]]
+            scale = torch.tensor(0.37, dtype=_acc(dtype))
+            backend.backup_ascent(c["p"], c["g"], c["b"], scale, phase == "backup_ascent", eta=eta)
+        elif phase == "write_point":
+            out = [torch.zeros_like(p) for p in c["p"]]
+            backend.write_point(out, c["p"], c["b"], c["g"], coeffs, eta=eta)
+            c["p"] = out
+        elif phase == "write_grad_restore":
+            backend.write_grad_restore(c["p"], c["p"], c["b"], c["g"], coeffs, eta=eta)
+        elif phase == "sgd_update":
+            backend.sgd_update(c["p"], c["p"], c["b"], c["g"], c["m"], coeffs, lr=0.05,
+                               eta=eta, init_bufs=False, **SGD_CASES["nesterov-max"])
+        else:
+            backend.adam_update(c["p"], c["p"], c["b"], c["g"], c["m"], c["v"], coeffs, lr=1e-3,
+                                beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2,
+                                decoupled=True, maximize=False, step_size=1e-2,
+                                bias_correction2_sqrt=0.05, eta=eta)
+    for key in ours:
+        assert_match(ours[key], ref[key], f"{phase}: {key}")
+
+
 # ---------------------------------------------------------- whole optimizer
 def _model():
     torch.manual_seed(0)
@@ -441,6 +504,10 @@ OPTIMIZER_CASES = {
     "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.05), False),
     "sgd-dynamic-alpha": (torch.optim.SGD, dict(lr=0.1, momentum=0.9), True),
     "rmsprop-unfused": (torch.optim.RMSprop, dict(lr=1e-2), False),
+    # ASAM geometry: weights only (BatchNorm's 1-d tensors keep T = 1), and every tensor
+    "asam-adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.05, adaptive=True), False),
+    "asam-all-sgd": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, adaptive=True,
+                                           adaptive_weights_only=False), False),
 }
 
 

@@ -118,3 +118,9 @@ def sqrt(x, ACC: tl.constexpr):
         return tl.sqrt(x)
     else:
         return tl.sqrt_rn(x)
+
+
+@triton.jit
+def asam_t(theta0, eta_ptr, ACC: tl.constexpr):
+    """ASAM's ``T = |theta_0| + eta`` (``eta`` read from a 1-element device tensor)."""
+    return tl.abs(theta0) + tl.load(eta_ptr).to(ACC)

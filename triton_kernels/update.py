@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import div, load, locate, sqrt, store
+from .common import asam_t, div, load, locate, sqrt, store
+from .perturb import eta_tensor
 from .config import DTYPES, LAUNCH_OPTIONS
 from .tables import Tables
 
@@ -27,12 +28,17 @@ from .tables import Tables
 
 
 @triton.jit
-def _direction(X, B, G, coeffs, t, offs, n, DT: tl.constexpr, ACC: tl.constexpr,
-               MAXIMIZE: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr):
-    """``(theta_0, G)`` with ``G = c_d (x - theta_0) + c_g g``, negated if ``MAXIMIZE``."""
+def _direction(X, B, G, coeffs, eta, t, offs, n, DT: tl.constexpr, ACC: tl.constexpr,
+               MAXIMIZE: tl.constexpr, ADAPTIVE: tl.constexpr, MASKED: tl.constexpr,
+               ALIGNED: tl.constexpr):
+    """``(theta_0, G)`` with ``G = c_d (x - theta_0) + c_g g`` (``ADAPTIVE``:
+    ``c_d (x - theta_0) / T^2 + c_g g``, ``T = |theta_0| + eta``), negated if ``MAXIMIZE``."""
     b = load(B, t, offs, n, DT, ACC, MASKED, ALIGNED)
     d = load(X, t, offs, n, DT, ACC, MASKED, ALIGNED) - b
     g = load(G, t, offs, n, DT, ACC, MASKED, ALIGNED)
+    if ADAPTIVE:
+        tt = asam_t(b, eta, ACC)
+        d = div(d, tt * tt, ACC)
     step = tl.load(coeffs).to(ACC) * d + tl.load(coeffs + 1).to(ACC) * g
     if MAXIMIZE:
         step = -step
@@ -40,11 +46,13 @@ def _direction(X, B, G, coeffs, t, offs, n, DT: tl.constexpr, ACC: tl.constexpr,
 
 
 @triton.jit
-def _sgd_chunk(P, X, B, G, BUF, coeffs, hyper, t, offs, n, DT: tl.constexpr,
-               ACC: tl.constexpr, MAXIMIZE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
+def _sgd_chunk(P, X, B, G, BUF, coeffs, hyper, eta, t, offs, n, DT: tl.constexpr,
+               ACC: tl.constexpr, MAXIMIZE: tl.constexpr, ADAPTIVE: tl.constexpr,
+               WEIGHT_DECAY: tl.constexpr,
                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, INIT_BUFS: tl.constexpr,
                MASKED: tl.constexpr, ALIGNED: tl.constexpr):
-    theta0, step = _direction(X, B, G, coeffs, t, offs, n, DT, ACC, MAXIMIZE, MASKED, ALIGNED)
+    theta0, step = _direction(X, B, G, coeffs, eta, t, offs, n, DT, ACC, MAXIMIZE, ADAPTIVE,
+                              MASKED, ALIGNED)
     if WEIGHT_DECAY:
         step = step + tl.load(hyper + 1) * theta0
     if MOMENTUM:
@@ -63,26 +71,31 @@ def _sgd_chunk(P, X, B, G, BUF, coeffs, hyper, t, offs, n, DT: tl.constexpr,
 
 
 @triton.jit
-def _sgd_kernel(P, X, B, G, BUF, coeffs, hyper, numels, work, DT: tl.constexpr,
-                ACC: tl.constexpr, MAXIMIZE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
+def _sgd_kernel(P, X, B, G, BUF, coeffs, hyper, eta, numels, work, DT: tl.constexpr,
+                ACC: tl.constexpr, MAXIMIZE: tl.constexpr, ADAPTIVE: tl.constexpr,
+               WEIGHT_DECAY: tl.constexpr,
                 MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, INIT_BUFS: tl.constexpr,
                 BLOCK: tl.constexpr, LARGE: tl.constexpr, ALIGNED: tl.constexpr):
     t, start, n = locate(work, numels, BLOCK, LARGE)
     offs = start + tl.arange(0, BLOCK)
     if start + BLOCK <= n:
-        _sgd_chunk(P, X, B, G, BUF, coeffs, hyper, t, offs, n, DT, ACC, MAXIMIZE, WEIGHT_DECAY,
+        _sgd_chunk(P, X, B, G, BUF, coeffs, hyper, eta, t, offs, n, DT, ACC, MAXIMIZE, ADAPTIVE,
+                   WEIGHT_DECAY,
                    MOMENTUM, NESTEROV, INIT_BUFS, False, ALIGNED)
     else:
-        _sgd_chunk(P, X, B, G, BUF, coeffs, hyper, t, offs, n, DT, ACC, MAXIMIZE, WEIGHT_DECAY,
+        _sgd_chunk(P, X, B, G, BUF, coeffs, hyper, eta, t, offs, n, DT, ACC, MAXIMIZE, ADAPTIVE,
+                   WEIGHT_DECAY,
                    MOMENTUM, NESTEROV, INIT_BUFS, True, ALIGNED)
 
 
 @triton.jit
-def _adam_chunk(P, X, B, G, M, V, coeffs, hyper, t, offs, n, DT: tl.constexpr,
-                ACC: tl.constexpr, MAXIMIZE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
+def _adam_chunk(P, X, B, G, M, V, coeffs, hyper, eta, t, offs, n, DT: tl.constexpr,
+                ACC: tl.constexpr, MAXIMIZE: tl.constexpr, ADAPTIVE: tl.constexpr,
+               WEIGHT_DECAY: tl.constexpr,
                 DECOUPLED: tl.constexpr, LERP_SMALL: tl.constexpr, MASKED: tl.constexpr,
                 ALIGNED: tl.constexpr):
-    theta, step = _direction(X, B, G, coeffs, t, offs, n, DT, ACC, MAXIMIZE, MASKED, ALIGNED)
+    theta, step = _direction(X, B, G, coeffs, eta, t, offs, n, DT, ACC, MAXIMIZE, ADAPTIVE,
+                             MASKED, ALIGNED)
     if WEIGHT_DECAY:
         if DECOUPLED:
             theta = theta * tl.load(hyper + 5)
@@ -104,24 +117,28 @@ def _adam_chunk(P, X, B, G, M, V, coeffs, hyper, t, offs, n, DT: tl.constexpr,
 
 
 @triton.jit
-def _adam_kernel(P, X, B, G, M, V, coeffs, hyper, numels, work, DT: tl.constexpr,
-                 ACC: tl.constexpr, MAXIMIZE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
+def _adam_kernel(P, X, B, G, M, V, coeffs, hyper, eta, numels, work, DT: tl.constexpr,
+                 ACC: tl.constexpr, MAXIMIZE: tl.constexpr, ADAPTIVE: tl.constexpr,
+               WEIGHT_DECAY: tl.constexpr,
                  DECOUPLED: tl.constexpr, LERP_SMALL: tl.constexpr, BLOCK: tl.constexpr,
                  LARGE: tl.constexpr, ALIGNED: tl.constexpr):
     t, start, n = locate(work, numels, BLOCK, LARGE)
     offs = start + tl.arange(0, BLOCK)
     if start + BLOCK <= n:
-        _adam_chunk(P, X, B, G, M, V, coeffs, hyper, t, offs, n, DT, ACC, MAXIMIZE, WEIGHT_DECAY,
+        _adam_chunk(P, X, B, G, M, V, coeffs, hyper, eta, t, offs, n, DT, ACC, MAXIMIZE, ADAPTIVE,
+                    WEIGHT_DECAY,
                     DECOUPLED, LERP_SMALL, False, ALIGNED)
     else:
-        _adam_chunk(P, X, B, G, M, V, coeffs, hyper, t, offs, n, DT, ACC, MAXIMIZE, WEIGHT_DECAY,
+        _adam_chunk(P, X, B, G, M, V, coeffs, hyper, eta, t, offs, n, DT, ACC, MAXIMIZE, ADAPTIVE,
+                    WEIGHT_DECAY,
                     DECOUPLED, LERP_SMALL, True, ALIGNED)
 
 
 def sgd_update(tables: Tables, params: Sequence[Tensor], points: Sequence[Tensor],
                backups: Sequence[Tensor], grads: Sequence[Tensor], bufs: Sequence[Tensor],
                coeffs: Tensor, *, lr: float, weight_decay: float, momentum: float,
-               dampening: float, nesterov: bool, maximize: bool, init_bufs: bool) -> None:
+               dampening: float, nesterov: bool, maximize: bool, init_bufs: bool,
+               eta: float | None = None) -> None:
     lay = tables.layout(params)
     if lay.nblocks == 0:
         return
@@ -133,7 +150,8 @@ def sgd_update(tables: Tables, params: Sequence[Tensor], points: Sequence[Tensor
     hyper = tables.scalars((lr, weight_decay, momentum, 1 - dampening), coeffs.dtype,
                            coeffs.device)
     _sgd_kernel[(lay.nblocks,)](*(p.table for p in ptrs[:4]), buf_table, coeffs, hyper,
-                                lay.numels, lay.work, DT=dt, ACC=acc, MAXIMIZE=bool(maximize),
+                                eta_tensor(tables, eta, params[0]), lay.numels, lay.work, DT=dt,
+                                ACC=acc, MAXIMIZE=bool(maximize), ADAPTIVE=eta is not None,
                                 WEIGHT_DECAY=weight_decay != 0, MOMENTUM=has_momentum,
                                 NESTEROV=bool(nesterov), INIT_BUFS=bool(init_bufs),
                                 BLOCK=tables.block, LARGE=lay.large,
@@ -144,7 +162,8 @@ def adam_update(tables: Tables, params: Sequence[Tensor], points: Sequence[Tenso
                 backups: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Sequence[Tensor],
                 exp_avg_sqs: Sequence[Tensor], coeffs: Tensor, *, lr: float, beta1: float,
                 beta2: float, eps: float, weight_decay: float, decoupled: bool, maximize: bool,
-                step_size: float, bias_correction2_sqrt: float) -> None:
+                step_size: float, bias_correction2_sqrt: float,
+                eta: float | None = None) -> None:
     lay = tables.layout(params)
     if lay.nblocks == 0:
         return
@@ -153,8 +172,10 @@ def adam_update(tables: Tables, params: Sequence[Tensor], points: Sequence[Tenso
     weight = 1 - beta1
     hyper = tables.scalars((weight, beta2, 1 - beta2, eps, weight_decay, 1 - lr * weight_decay,
                             step_size, bias_correction2_sqrt), coeffs.dtype, coeffs.device)
-    _adam_kernel[(lay.nblocks,)](*(p.table for p in ptrs), coeffs, hyper, lay.numels, lay.work,
+    _adam_kernel[(lay.nblocks,)](*(p.table for p in ptrs), coeffs, hyper,
+                                 eta_tensor(tables, eta, params[0]), lay.numels, lay.work,
                                  DT=dt, ACC=acc, MAXIMIZE=bool(maximize),
+                                 ADAPTIVE=eta is not None,
                                  WEIGHT_DECAY=weight_decay != 0, DECOUPLED=bool(decoupled),
                                  LERP_SMALL=abs(weight) < 0.5, BLOCK=tables.block,
                                  LARGE=lay.large, ALIGNED=all(p.aligned for p in ptrs),

@@ -11,6 +11,23 @@ scale, or a pair of coefficients ``(c_d, c_g)`` meaning
 Notation follows ``XSAM_MATH.md``: ``d = point - theta_0`` is the displacement of
 the ascent, ``g`` the gradient at the ascent point, ``psi`` the angle between
 them.
+
+Adaptive (ASAM, Kwon et al. 2021) geometry, ``XSAM(adaptive=True)``: the step
+works in the rescaled space ``u = T^{-1} w`` with ``T = diag(|theta_0| + eta)``
+(``T = 1`` on tensors that are not adaptive: with ``adaptive_weights_only``,
+those with ``ndim <= 1``). In u-space the gradient is ``g_u = T g`` and the
+displacement ``d_u = T^{-1} d``, so the functions here are used unchanged on
+
+    sums   = [||g_u||^2, ||d_u||^2, <d_u, g_u>] = [sum T^2 g^2, sum d^2 / T^2, sum d g]
+    norm_g = ||g_u||,  norm_d = ||d_u||,  psi = angle(d_u, g_u)
+
+and only the elementwise passes change (T is formed from theta_0 on the fly):
+
+    ascent  theta += r T^2 g / (||g_u|| + eps)          (r = rho / steps)
+    out     = theta_0 + c_d d + c_g T^2 g               (= theta_0 + T rho_max v_u(alpha))
+    G       =           c_d d / T^2 + c_g g             (= T^{-1} ||g_u|| v_u(alpha))
+
+With ``T = 1`` all of it is plain XSAM.
 """
 from __future__ import annotations
 

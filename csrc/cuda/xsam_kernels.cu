@@ -120,27 +120,47 @@ const A* scalar_ptr(const at::Tensor& s) {
 }  // namespace
 
 // ---------------------------------------------------------------- phases
-at::Tensor sumsq(const TensorList& tensors) {
-  const Lists<1> lists{&tensors};
-  check_lists<1>("sumsq", lists, {"tensors"});
-  const c10::cuda::CUDAGuard guard(tensors[0].device());
+at::Tensor sumsq(const TensorList& tensors, const TensorList& weights, std::optional<double> eta) {
+  const c10::cuda::CUDAGuard guard(tensors.at(0).device());
   at::Tensor out;
   dispatch_floating(tensors[0].scalar_type(), "sumsq", [&](auto tag) {
     using T = typename decltype(tag)::type;
+    if (eta) {  // ||T g||^2, T = |weights| + eta
+      const Lists<2> lists{&tensors, &weights};
+      check_lists<2>("sumsq", lists, {"tensors", "weights"});
+      SumSqOp<T, true> op{};
+      op.eta = static_cast<acc_t<T>>(*eta);
+      out = reduce<T, 2>(lists, op, {});
+      return;
+    }
+    const Lists<1> lists{&tensors};
+    check_lists<1>("sumsq", lists, {"tensors"});
     out = reduce<T, 1>(lists, SumSqOp<T>{}, {});
   });
   return out;
 }
 
 void backup_ascent(const TensorList& params, const TensorList& grads, const TensorList& backups,
-                   const at::Tensor& scale, bool backup) {
+                   const at::Tensor& scale, bool backup, std::optional<double> eta) {
   const c10::cuda::CUDAGuard guard(params.at(0).device());
   dispatch_floating(params[0].scalar_type(), "backup_ascent", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
     const at::Tensor s = check_scalar("backup_ascent", "scale", scale, params[0], 1);
     const cudaStream_t stream = current_stream(params[0]);
-    if (backup) {
+    if (eta) {  // ASAM: the backups are read (T) or written (backup) in any case
+      const Lists<3> lists{&params, &grads, &backups};
+      check_lists<3>("backup_ascent", lists, {"params", "grads", "backups"});
+      auto launch = [&](auto op) {
+        op.scale_ptr = scalar_ptr<A>(s);
+        op.eta = static_cast<A>(*eta);
+        run<T, 3>(lists, op, nullptr, 0, stream);
+      };
+      if (backup)
+        launch(AscentOp<T, true, true>{});
+      else
+        launch(AscentOp<T, false, true>{});
+    } else if (backup) {
       const Lists<3> lists{&params, &grads, &backups};
       check_lists<3>("backup_ascent", lists, {"params", "grads", "backups"});
       AscentOp<T, true> op{};
@@ -157,61 +177,84 @@ void backup_ascent(const TensorList& params, const TensorList& grads, const Tens
 }
 
 at::Tensor final_sums(const TensorList& points, const TensorList& backups,
-                      const TensorList& grads) {
+                      const TensorList& grads, std::optional<double> eta) {
   const Lists<3> lists{&points, &backups, &grads};
   check_lists<3>("final_sums", lists, {"points", "backups", "grads"});
   const c10::cuda::CUDAGuard guard(points[0].device());
   at::Tensor out;
   dispatch_floating(points[0].scalar_type(), "final_sums", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    out = reduce<T, 3>(lists, FinalSumsOp<T>{}, {3});
+    if (eta) {
+      FinalSumsOp<T, true> op{};
+      op.eta = static_cast<acc_t<T>>(*eta);
+      out = reduce<T, 3>(lists, op, {3});
+    } else {
+      out = reduce<T, 3>(lists, FinalSumsOp<T>{}, {3});
+    }
   });
   return out;
 }
 
-void write_point(const TensorList& out, const TensorList& points, const TensorList& backups,
-                 const TensorList& grads, const at::Tensor& coeffs) {
+namespace {
+// Runs an interpolation functor (WritePointOp / WriteGradRestoreOp) plain or adaptive.
+template <template <typename, bool> class Op>
+void interpolate(const char* phase, const TensorList& out, const TensorList& points,
+                 const TensorList& backups, const TensorList& grads, const at::Tensor& coeffs,
+                 std::optional<double> eta, const char* const (&names)[4]) {
   const Lists<4> lists{&out, &points, &backups, &grads};
-  check_lists<4>("write_point", lists, {"out", "points", "backups", "grads"});
+  check_lists<4>(phase, lists, names);
   const c10::cuda::CUDAGuard guard(out[0].device());
-  const at::Tensor co = check_scalar("write_point", "coeffs", coeffs, out[0], 2);
-  dispatch_floating(out[0].scalar_type(), "write_point", [&](auto tag) {
+  const at::Tensor co = check_scalar(phase, "coeffs", coeffs, out[0], 2);
+  dispatch_floating(out[0].scalar_type(), phase, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    WritePointOp<T> op{};
-    op.c.ptr = scalar_ptr<acc_t<T>>(co);
-    run<T, 4>(lists, op, nullptr, 0, current_stream(out[0]));
+    auto launch = [&](auto op) {
+      op.c.ptr = scalar_ptr<acc_t<T>>(co);
+      op.c.eta = static_cast<acc_t<T>>(eta.value_or(0.0));
+      run<T, 4>(lists, op, nullptr, 0, current_stream(out[0]));
+    };
+    if (eta)
+      launch(Op<T, true>{});
+    else
+      launch(Op<T, false>{});
   });
+}
+}  // namespace
+
+void write_point(const TensorList& out, const TensorList& points, const TensorList& backups,
+                 const TensorList& grads, const at::Tensor& coeffs, std::optional<double> eta) {
+  interpolate<WritePointOp>("write_point", out, points, backups, grads, coeffs, eta,
+                            {"out", "points", "backups", "grads"});
 }
 
 void write_grad_restore(const TensorList& params, const TensorList& points,
                         const TensorList& backups, const TensorList& grads,
-                        const at::Tensor& coeffs) {
-  const Lists<4> lists{&params, &points, &backups, &grads};
-  check_lists<4>("write_grad_restore", lists, {"params", "points", "backups", "grads"});
-  const c10::cuda::CUDAGuard guard(params[0].device());
-  const at::Tensor co = check_scalar("write_grad_restore", "coeffs", coeffs, params[0], 2);
-  dispatch_floating(params[0].scalar_type(), "write_grad_restore", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    WriteGradRestoreOp<T> op{};
-    op.c.ptr = scalar_ptr<acc_t<T>>(co);
-    run<T, 4>(lists, op, nullptr, 0, current_stream(params[0]));
-  });
+                        const at::Tensor& coeffs, std::optional<double> eta) {
+  interpolate<WriteGradRestoreOp>("write_grad_restore", params, points, backups, grads, coeffs,
+                                  eta, {"params", "points", "backups", "grads"});
 }
 
 namespace {
 template <typename T, bool MOMENTUM, bool INIT, int DEPTH>
 void sgd_launch(const Lists<DEPTH>& lists, const at::Tensor& co, double lr, double weight_decay,
-                double momentum, double dampening, bool nesterov, bool maximize) {
+                double momentum, double dampening, bool nesterov, bool maximize,
+                std::optional<double> eta) {
+  const cudaStream_t stream = current_stream((*lists[0])[0]);
+  if (eta) {
+    const auto op = SgdOp<T, MOMENTUM, INIT, true>::make(
+        scalar_ptr<acc_t<T>>(co), lr, weight_decay, momentum, dampening, nesterov, maximize, *eta);
+    run<T, DEPTH>(lists, op, nullptr, 0, stream);
+    return;
+  }
   const auto op = SgdOp<T, MOMENTUM, INIT>::make(scalar_ptr<acc_t<T>>(co), lr, weight_decay,
                                                  momentum, dampening, nesterov, maximize);
-  run<T, DEPTH>(lists, op, nullptr, 0, current_stream((*lists[0])[0]));
+  run<T, DEPTH>(lists, op, nullptr, 0, stream);
 }
 }  // namespace
 
 void sgd_update(const TensorList& params, const TensorList& points, const TensorList& backups,
                 const TensorList& grads, const TensorList& bufs, const at::Tensor& coeffs,
                 double lr, double weight_decay, double momentum, double dampening, bool nesterov,
-                bool maximize, bool init_bufs) {
+                bool maximize, bool init_bufs, std::optional<double> eta) {
   const c10::cuda::CUDAGuard guard(params.at(0).device());
   const at::Tensor co = check_scalar("sgd_update", "coeffs", coeffs, params[0], 2);
   dispatch_floating(params[0].scalar_type(), "sgd_update", [&](auto tag) {
@@ -220,17 +263,17 @@ void sgd_update(const TensorList& params, const TensorList& points, const Tensor
       const Lists<4> lists{&params, &points, &backups, &grads};
       check_lists<4>("sgd_update", lists, {"params", "points", "backups", "grads"});
       sgd_launch<T, false, false, 4>(lists, co, lr, weight_decay, momentum, dampening, nesterov,
-                                  maximize);
+                                     maximize, eta);
       return;
     }
     const Lists<5> lists{&params, &points, &backups, &grads, &bufs};
     check_lists<5>("sgd_update", lists, {"params", "points", "backups", "grads", "bufs"});
     if (init_bufs)
       sgd_launch<T, true, true, 5>(lists, co, lr, weight_decay, momentum, dampening, nesterov,
-                                maximize);
+                                   maximize, eta);
     else
       sgd_launch<T, true, false, 5>(lists, co, lr, weight_decay, momentum, dampening, nesterov,
-                                 maximize);
+                                    maximize, eta);
   });
 }
 
@@ -238,7 +281,7 @@ void adam_update(const TensorList& params, const TensorList& points, const Tenso
                  const TensorList& grads, const TensorList& exp_avgs,
                  const TensorList& exp_avg_sqs, const at::Tensor& coeffs, double lr, double beta1,
                  double beta2, double eps, double weight_decay, bool decoupled, bool maximize,
-                 double step_size, double bias_correction2_sqrt) {
+                 double step_size, double bias_correction2_sqrt, std::optional<double> eta) {
   const Lists<6> lists{&params, &points, &backups, &grads, &exp_avgs, &exp_avg_sqs};
   check_lists<6>("adam_update", lists,
                  {"params", "points", "backups", "grads", "exp_avgs", "exp_avg_sqs"});
@@ -247,9 +290,17 @@ void adam_update(const TensorList& params, const TensorList& points, const Tenso
   dispatch_floating(params[0].scalar_type(), "adam_update", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
+    const cudaStream_t stream = current_stream(params[0]);
+    if (eta) {
+      const auto op = AdamOp<T, true>::make(scalar_ptr<A>(co), lr, beta1, beta2, eps,
+                                            weight_decay, decoupled, maximize, step_size,
+                                            bias_correction2_sqrt, *eta);
+      run<T, 6>(lists, op, nullptr, 0, stream);
+      return;
+    }
     const auto op = AdamOp<T>::make(scalar_ptr<A>(co), lr, beta1, beta2, eps, weight_decay,
                                     decoupled, maximize, step_size, bias_correction2_sqrt);
-    run<T, 6>(lists, op, nullptr, 0, current_stream(params[0]));
+    run<T, 6>(lists, op, nullptr, 0, stream);
   });
 }
 

@@ -52,44 +52,52 @@ class CudaBackend(Backend):
         """Kernel launches issued by the extension since it was loaded (for tests)."""
         return int(_C_cuda.launch_count())
 
-    def sumsq(self, tensors: Tensors) -> Tensor:
+    def sumsq(self, tensors: Tensors, *, weights=None, eta=None) -> Tensor:
         if not tensors:
             return torch.zeros((), dtype=torch.float32)
-        return _C_cuda.sumsq(list(tensors))
+        if eta is not None and weights is None:
+            raise ValueError("sumsq with eta needs the weights (theta_0) that T is made of")
+        return _C_cuda.sumsq(list(tensors), list(weights) if eta is not None else [], _eta(eta))
 
-    def backup_ascent(self, params, grads, backups, scale, backup):
+    def backup_ascent(self, params, grads, backups, scale, backup, *, eta=None):
         if params:
-            _C_cuda.backup_ascent(list(params), list(grads), list(backups) if backup else [],
-                                  scale, bool(backup))
+            keep = backup or eta is not None  # written, or read for T
+            _C_cuda.backup_ascent(list(params), list(grads), list(backups) if keep else [],
+                                  scale, bool(backup), _eta(eta))
 
-    def final_sums(self, points, backups, grads):
+    def final_sums(self, points, backups, grads, *, eta=None):
         if not points:
             return torch.zeros(3, dtype=torch.float32)
-        return _C_cuda.final_sums(list(points), list(backups), list(grads))
+        return _C_cuda.final_sums(list(points), list(backups), list(grads), _eta(eta))
 
-    def write_point(self, out, points, backups, grads, coeffs):
+    def write_point(self, out, points, backups, grads, coeffs, *, eta=None):
         if out:
-            _C_cuda.write_point(list(out), list(points), list(backups), list(grads), coeffs)
+            _C_cuda.write_point(list(out), list(points), list(backups), list(grads), coeffs,
+                                _eta(eta))
 
-    def write_grad_restore(self, params, points, backups, grads, coeffs):
+    def write_grad_restore(self, params, points, backups, grads, coeffs, *, eta=None):
         if params:
             _C_cuda.write_grad_restore(list(params), list(points), list(backups), list(grads),
-                                       coeffs)
+                                       coeffs, _eta(eta))
 
     def sgd_update(self, params, points, backups, grads, bufs, coeffs, *, lr, weight_decay,
-                   momentum, dampening, nesterov, maximize, init_bufs):
+                   momentum, dampening, nesterov, maximize, init_bufs, eta=None):
         if params:
             _C_cuda.sgd_update(list(params), list(points), list(backups), list(grads),
                                list(bufs), coeffs, float(lr), float(weight_decay),
                                float(momentum), float(dampening), bool(nesterov),
-                               bool(maximize), bool(init_bufs))
+                               bool(maximize), bool(init_bufs), _eta(eta))
 
     def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, coeffs, *, lr,
                     beta1, beta2, eps, weight_decay, decoupled, maximize, step_size,
-                    bias_correction2_sqrt):
+                    bias_correction2_sqrt, eta=None):
         if params:
             _C_cuda.adam_update(list(params), list(points), list(backups), list(grads),
                                 list(exp_avgs), list(exp_avg_sqs), coeffs, float(lr),
                                 float(beta1), float(beta2), float(eps), float(weight_decay),
                                 bool(decoupled), bool(maximize), float(step_size),
-                                float(bias_correction2_sqrt))
+                                float(bias_correction2_sqrt), _eta(eta))
+
+
+def _eta(eta: float | None) -> float | None:
+    return None if eta is None else float(eta)

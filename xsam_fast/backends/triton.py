@@ -69,44 +69,48 @@ class TritonBackend(Backend):
         return kind == "cpu" if _interpreting() else kind == "cuda"
 
     # ------------------------------------------------------------ reductions
-    def sumsq(self, tensors: Tensors) -> Tensor:
+    def sumsq(self, tensors: Tensors, *, weights=None, eta=None) -> Tensor:
         if not tensors:
             return torch.zeros((), dtype=torch.float32)
-        return reductions.sumsq(self.tables, tensors, accumulation_dtype(tensors[0].dtype))
+        if eta is not None and weights is None:
+            raise ValueError("sumsq with eta needs the weights (theta_0) that T is made of")
+        return reductions.sumsq(self.tables, tensors, accumulation_dtype(tensors[0].dtype),
+                                weights, eta)
 
-    def final_sums(self, points: Tensors, backups: Tensors, grads: Tensors) -> Tensor:
+    def final_sums(self, points: Tensors, backups: Tensors, grads: Tensors, *,
+                   eta=None) -> Tensor:
         if not points:
             return torch.zeros(3, dtype=torch.float32)
         return reductions.final_sums(self.tables, points, backups, grads,
-                                     accumulation_dtype(points[0].dtype))
+                                     accumulation_dtype(points[0].dtype), eta)
 
     # ------------------------------------------------------------ elementwise
-    def backup_ascent(self, params, grads, backups, scale, backup):
+    def backup_ascent(self, params, grads, backups, scale, backup, *, eta=None):
         if params:
-            perturb.backup_ascent(self.tables, params, grads, backups, scale, backup)
+            perturb.backup_ascent(self.tables, params, grads, backups, scale, backup, eta)
 
-    def write_point(self, out, points, backups, grads, coeffs):
+    def write_point(self, out, points, backups, grads, coeffs, *, eta=None):
         if out:
-            perturb.write_point(self.tables, out, points, backups, grads, coeffs)
+            perturb.write_point(self.tables, out, points, backups, grads, coeffs, eta)
 
-    def write_grad_restore(self, params, points, backups, grads, coeffs):
+    def write_grad_restore(self, params, points, backups, grads, coeffs, *, eta=None):
         if params:
-            perturb.write_grad_restore(self.tables, params, points, backups, grads, coeffs)
+            perturb.write_grad_restore(self.tables, params, points, backups, grads, coeffs, eta)
 
     def sgd_update(self, params, points, backups, grads, bufs, coeffs, *, lr, weight_decay,
-                   momentum, dampening, nesterov, maximize, init_bufs):
+                   momentum, dampening, nesterov, maximize, init_bufs, eta=None):
         if params:
             update.sgd_update(self.tables, params, points, backups, grads, bufs, coeffs, lr=lr,
                               weight_decay=weight_decay, momentum=momentum,
                               dampening=dampening, nesterov=nesterov, maximize=maximize,
-                              init_bufs=init_bufs)
+                              init_bufs=init_bufs, eta=eta)
 
     def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, coeffs, *, lr,
                     beta1, beta2, eps, weight_decay, decoupled, maximize, step_size,
-                    bias_correction2_sqrt):
+                    bias_correction2_sqrt, eta=None):
         if params:
             update.adam_update(self.tables, params, points, backups, grads, exp_avgs,
                                exp_avg_sqs, coeffs, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                                weight_decay=weight_decay, decoupled=decoupled,
                                maximize=maximize, step_size=step_size,
-                               bias_correction2_sqrt=bias_correction2_sqrt)
+                               bias_correction2_sqrt=bias_correction2_sqrt, eta=eta)

@@ -59,79 +59,103 @@ enum Phase {
   kAdam = 9,
 };
 
-template <typename T>
+// AD: the ASAM geometry (the functors' ADAPTIVE variants, T = |theta_0| + eta).
+// kSumSq then takes (tensors, weights) and kAscent (params, grads, backups).
+template <typename T, bool AD>
 int64_t run_phase(int phase, int64_t n, void* const* p, const int64_t* numel, const void* scalars,
-                  const double* h, void* partials, int64_t stride) {
+                  const double* h, void* partials, int64_t stride, double eta_) {
   using A = acc_t<T>;
   const A* s = static_cast<const A*>(scalars);
+  const A eta = static_cast<A>(eta_);
   switch (phase) {
-    case kSumSq:
-      return emulate<T, 1>(n, p, numel, SumSqOp<T>{}, partials, stride);
+    case kSumSq: {
+      SumSqOp<T, AD> op{};
+      op.eta = eta;
+      return emulate<T, AD ? 2 : 1>(n, p, numel, op, partials, stride);
+    }
     case kAscent: {
-      AscentOp<T, false> op{};
+      AscentOp<T, false, AD> op{};
       op.scale_ptr = s;
-      return emulate<T, 2>(n, p, numel, op, nullptr, 0);
+      op.eta = eta;
+      return emulate<T, AD ? 3 : 2>(n, p, numel, op, nullptr, 0);
     }
     case kBackupAscent: {
-      AscentOp<T, true> op{};
+      AscentOp<T, true, AD> op{};
       op.scale_ptr = s;
+      op.eta = eta;
       return emulate<T, 3>(n, p, numel, op, nullptr, 0);
     }
-    case kFinalSums:
-      return emulate<T, 3>(n, p, numel, FinalSumsOp<T>{}, partials, stride);
+    case kFinalSums: {
+      FinalSumsOp<T, AD> op{};
+      op.eta = eta;
+      return emulate<T, 3>(n, p, numel, op, partials, stride);
+    }
     case kWritePoint: {
-      WritePointOp<T> op{};
+      WritePointOp<T, AD> op{};
       op.c.ptr = s;
+      op.c.eta = eta;
       return emulate<T, 4>(n, p, numel, op, nullptr, 0);
     }
     case kWriteGradRestore: {
-      WriteGradRestoreOp<T> op{};
+      WriteGradRestoreOp<T, AD> op{};
       op.c.ptr = s;
+      op.c.eta = eta;
       return emulate<T, 4>(n, p, numel, op, nullptr, 0);
     }
     case kSgdPlain:
       return emulate<T, 4>(n, p, numel,
-                           SgdOp<T, false, false>::make(s, h[0], h[1], h[2], h[3], h[4] != 0,
-                                                        h[5] != 0),
+                           SgdOp<T, false, false, AD>::make(s, h[0], h[1], h[2], h[3], h[4] != 0,
+                                                            h[5] != 0, eta_),
                            nullptr, 0);
     case kSgdInit:
       return emulate<T, 5>(n, p, numel,
-                           SgdOp<T, true, true>::make(s, h[0], h[1], h[2], h[3], h[4] != 0,
-                                                      h[5] != 0),
+                           SgdOp<T, true, true, AD>::make(s, h[0], h[1], h[2], h[3], h[4] != 0,
+                                                          h[5] != 0, eta_),
                            nullptr, 0);
     case kSgdMomentum:
       return emulate<T, 5>(n, p, numel,
-                           SgdOp<T, true, false>::make(s, h[0], h[1], h[2], h[3], h[4] != 0,
-                                                       h[5] != 0),
+                           SgdOp<T, true, false, AD>::make(s, h[0], h[1], h[2], h[3], h[4] != 0,
+                                                           h[5] != 0, eta_),
                            nullptr, 0);
     case kAdam:
       return emulate<T, 6>(n, p, numel,
-                           AdamOp<T>::make(s, h[0], h[1], h[2], h[3], h[4], h[5] != 0,
-                                           h[6] != 0, h[7], h[8]),
+                           AdamOp<T, AD>::make(s, h[0], h[1], h[2], h[3], h[4], h[5] != 0,
+                                               h[6] != 0, h[7], h[8], eta_),
                            nullptr, 0);
     default:
       return -1;
   }
 }
 
+template <typename T>
+int64_t run_phase(int phase, int64_t n, void* const* p, const int64_t* numel, const void* scalars,
+                  const double* h, void* partials, int64_t stride, double eta) {
+  if (eta >= 0)
+    return run_phase<T, true>(phase, n, p, numel, scalars, h, partials, stride, eta);
+  return run_phase<T, false>(phase, n, p, numel, scalars, h, partials, stride, eta);
+}
+
 }  // namespace
 
-// dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16. Returns the number of
-// launches the GPU would make, or -1 for an unknown phase or dtype.
+// dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16; eta < 0: plain XSAM, else
+// ASAM's offset. Returns the number of launches the GPU would make, or -1 for an
+// unknown phase or dtype.
 extern "C" int64_t xsam_emu_run(int phase, int dtype, int64_t ntensors, void* const* ptrs,
                                 const int64_t* numels, const void* scalars, const double* hyper,
-                                void* partials, int64_t stride) {
+                                void* partials, int64_t stride, double eta) {
   switch (dtype) {
     case 0:
-      return run_phase<float>(phase, ntensors, ptrs, numels, scalars, hyper, partials, stride);
+      return run_phase<float>(phase, ntensors, ptrs, numels, scalars, hyper, partials, stride,
+                              eta);
     case 1:
-      return run_phase<double>(phase, ntensors, ptrs, numels, scalars, hyper, partials, stride);
+      return run_phase<double>(phase, ntensors, ptrs, numels, scalars, hyper, partials, stride,
+                               eta);
     case 2:
       return run_phase<c10::Half>(phase, ntensors, ptrs, numels, scalars, hyper, partials,
-                                  stride);
+                                  stride, eta);
     case 3:
       return run_phase<c10::BFloat16>(phase, ntensors, ptrs, numels, scalars, hyper, partials,
-                                      stride);
+                                      stride, eta);
     default:
       return -1;
   }
