@@ -39,8 +39,9 @@ def _extensions():
               "building without the C++ extension", file=sys.stderr)
         return [], {}
 
-    # no -std: torch adds the one its headers need; no-math-errno lets sqrt vectorise
-    cxx = ["-O3", "-g0", "-fopenmp", "-fno-math-errno"]
+    # no -std: torch adds the one its headers need; no-math-errno lets sqrt vectorise;
+    # fp-contract=off: no fused multiply-add, one rounding per operation as in the reference
+    cxx = ["-O3", "-g0", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"]
     ext_modules = []
     cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if cpu_sources:

@@ -4,6 +4,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
+#define XSAM_HAS_FMA 1
 #define XSAM_ISA avx2
 #include "chunk_kernels.h"
 #else
