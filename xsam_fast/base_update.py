@@ -40,11 +40,14 @@ def _scalar_dtype() -> torch.dtype:
 
 def sgd_update(backend: Backend, base: torch.optim.Optimizer, group: dict[str, Any],
                params: list[Tensor], points: list[Tensor], backups: list[Tensor],
-               grads: list[Tensor], coeffs: Tensor) -> None:
-    """Fused interpolation + ``torch.optim.SGD`` step for one bucket of ``group``."""
+               grads: list[Tensor], coeffs: Tensor, *, eta: float | None = None) -> None:
+    """Fused interpolation + ``torch.optim.SGD`` step for one bucket of ``group``.
+
+    ``eta``: the bucket's ASAM offset (``G = c_d d / T^2 + c_g g``), None for plain XSAM.
+    """
     hyper = dict(lr=group["lr"], weight_decay=group["weight_decay"], momentum=group["momentum"],
                  dampening=group["dampening"], nesterov=group["nesterov"],
-                 maximize=group["maximize"])
+                 maximize=group["maximize"], eta=eta)
     if group["momentum"] == 0:
         backend.sgd_update(params, points, backups, grads, [], coeffs, init_bufs=False, **hyper)
         return
@@ -66,8 +69,11 @@ def sgd_update(backend: Backend, base: torch.optim.Optimizer, group: dict[str, A
 
 def adam_update(backend: Backend, base: torch.optim.Optimizer, group: dict[str, Any],
                 params: list[Tensor], points: list[Tensor], backups: list[Tensor],
-                grads: list[Tensor], coeffs: Tensor) -> None:
-    """Fused interpolation + ``torch.optim.Adam``/``AdamW`` step for one bucket of ``group``."""
+                grads: list[Tensor], coeffs: Tensor, *, eta: float | None = None) -> None:
+    """Fused interpolation + ``torch.optim.Adam``/``AdamW`` step for one bucket of ``group``.
+
+    ``eta``: as in :func:`sgd_update`.
+    """
     beta1, beta2 = group["betas"]
     lr = group["lr"]
     decoupled = group.get("decoupled_weight_decay", isinstance(base, torch.optim.AdamW))
@@ -89,7 +95,8 @@ def adam_update(backend: Backend, base: torch.optim.Optimizer, group: dict[str, 
             [base.state[params[i]]["exp_avg_sq"] for i in idx], coeffs,
             lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"],
             weight_decay=group["weight_decay"], decoupled=decoupled, maximize=group["maximize"],
-            step_size=lr / bias_correction1, bias_correction2_sqrt=bias_correction2**0.5)
+            step_size=lr / bias_correction1, bias_correction2_sqrt=bias_correction2**0.5,
+            eta=eta)
 
 
 FUSED_UPDATES = {"sgd": sgd_update, "adam": adam_update}

@@ -21,7 +21,10 @@ from . import coefficients as C
 from .backends import get_backend, validate_backend_name
 from .backends.base import Backend
 from .base_update import FUSED_UPDATES, fused_kind
+from .amp import ScaledStep, scaler_enabled
 from .batchnorm import frozen_running_stats
+from . import distributed as D
+from .distributed import Communicator, local
 from .search import STRATEGIES, ModelLoss
 
 NonFinite = Literal["warn", "raise", "none"]
@@ -34,9 +37,12 @@ class _Bucket:
 
     group: dict[str, Any]
     backend: Backend
-    params: list[Tensor]
+    owners: list[Tensor]  # the parameters as the model holds them (DTensors under FSDP2)
+    params: list[Tensor]  # their local tensors, which the backends read and write
     grads: list[Tensor]
     backups: list[Tensor]
+    sharded: bool = False  # FSDP2 shards: partial sums are all-reduced over the process group
+    eta: float | None = None  # adaptive (ASAM) tensors: T = |theta_0| + eta; None: T = 1
 
 
 class XSAM(torch.optim.Optimizer):
@@ -85,11 +91,50 @@ class XSAM(torch.optim.Optimizer):
             three sums of the step, so clipping costs no extra pass.
         fuse_base_update: fuse SGD/Adam/AdamW into the interpolation pass (default);
             ``False`` always writes G into ``.grad`` and calls the base ``step()``.
+        process_group: the data-parallel ``torch.distributed`` group: search losses are
+            averaged over it (DDP, FSDP2) and the partial sums of sharded (FSDP2,
+            DTensor) parameters summed over it. ``None``: the default group when
+            torch.distributed is initialised, else no communication. See
+            :mod:`xsam_fast.distributed` and ``docs/distributed_amp.md``.
+        adaptive: ASAM's adaptive geometry (Kwon et al., 2021), see below.
+        eta: ASAM's offset in ``T = |theta_0| + eta``; must be > 0 (T must be invertible
+            where a weight is 0).
+        adaptive_weights_only: with ``adaptive``, rescale only tensors with ``ndim > 1``
+            (weights, as ASAM does); biases and norm parameters keep ``T = 1``.
+            ``False`` rescales every tensor.
         **base_kwargs: hyper-parameters of the base optimizer (``lr``, ``momentum``...).
+
+    Adaptive (ASAM) XSAM, ``adaptive=True``: the whole step runs in the rescaled
+    space :math:`u = T^{-1} w`, :math:`T = \mathrm{diag}(|\theta_0| + \eta)` (fixed
+    from :math:`\theta_0` for the step; :math:`T = 1` on non-adaptive tensors), where
+    the gradient is :math:`g_u = T g` and the displacement :math:`d_u = T^{-1} d`,
+    :math:`d = \vartheta - \theta_0`. Exactly:
+
+    * ascent (each of the ``steps``, :math:`r = \rho/k`):
+      :math:`\theta \leftarrow \theta + r\, T^2 g / (\|T g\| + \epsilon)`
+      (for ``steps=1`` ASAM's :math:`\rho\, T^2 g / \|T g\|`), norms global over all tensors;
+    * :math:`\|g_u\|^2 = \sum T^2 g^2`, :math:`\|d_u\|^2 = \sum d^2/T^2`,
+      :math:`\langle d_u, g_u\rangle = \sum d\, g` give :math:`\psi` and
+      :math:`(c_d, c_g)` as in plain XSAM (scale :math:`\|g_u\|` for the update,
+      ``rho_max`` for search points);
+    * search point :math:`\theta_0 + c_d d + c_g T^2 g = \theta_0 + T \rho_{max} v_u(\alpha)`;
+    * gradient handed to the base optimizer
+      :math:`G = c_d\, d / T^2 + c_g\, g = T^{-1} \|g_u\| v_u(\alpha)`
+      (alpha=1: :math:`\approx g`, ASAM's update; alpha=0: the ascent direction).
+
+    With :math:`T = 1` this is plain XSAM, bit for bit. :attr:`last_stats` then reports
+    :math:`\psi`, :math:`\|g_u\|`, :math:`\|d_u\|`, and ``max_grad_norm`` clips by
+    :math:`\|G_u\| = \|T G\|` (the norm the three sums give). Example::
+
+        opt = XSAM(model.parameters(), torch.optim.SGD, rho=1.0, adaptive=True, eta=0.01,
+                   lr=0.1, momentum=0.9)   # ASAM uses a larger rho (0.5-2) than SAM
 
     After each step, :attr:`last_stats` holds ``alpha`` and the 0-d tensors
     ``psi``, ``grad_norm`` and ``d_norm`` (read them with :meth:`stats`), and
     :attr:`search_curve` the ``(alpha, loss)`` pairs of the last search.
+    :attr:`search_history` keeps one record per search (see
+    :meth:`register_search_hook`, which also reports them as they happen);
+    :meth:`request_search` asks for a search at the next step.
     """
 
     def __init__(
@@ -113,6 +158,10 @@ class XSAM(torch.optim.Optimizer):
         interval: int = 1,
         max_grad_norm: float | None = None,
         fuse_base_update: bool = True,
+        process_group: Any = None,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        adaptive_weights_only: bool = True,
         **base_kwargs: Any,
     ) -> None:
         _check_nonnegative("rho", rho)
@@ -120,6 +169,10 @@ class XSAM(torch.optim.Optimizer):
             _check_nonnegative("rho_max", rho_max)
         _check_nonnegative("eps", eps)
         _check_nonnegative("alpha_max", alpha_max)
+        _check_nonnegative("eta", eta)
+        if adaptive and eta == 0:
+            raise ValueError("adaptive=True needs eta > 0: T = |theta_0| + eta must not vanish "
+                             "where a weight is 0 (the step divides by T^2)")
         _check_finite("alpha", alpha)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -162,6 +215,11 @@ class XSAM(torch.optim.Optimizer):
         self.interval = interval
         self.max_grad_norm = max_grad_norm
         self.fuse_base_update = fuse_base_update
+        self.adaptive = bool(adaptive)
+        self.eta = float(eta)
+        self.adaptive_weights_only = bool(adaptive_weights_only)
+        self._comm = Communicator(process_group)
+        self._amp: ScaledStep | None = None  # GradScaler bookkeeping of the current step
 
         self.step_count = 0  # completed XSAM steps
         self.base_steps = 0  # plain base-optimizer steps taken by step() between them (interval > 1)
@@ -194,36 +252,43 @@ class XSAM(torch.optim.Optimizer):
         """Store theta_0 for every trainable parameter (optional: :meth:`first_step` does it)."""
         self._backed_up = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
         for p in self._backed_up:
-            self._backup_of(p).copy_(p)
+            self._backup_of(p).copy_(local(p))
 
     @torch.no_grad()
     def restore_param(self) -> None:
         """Put back theta_0 in every parameter moved since the last backup."""
         for p in self._backed_up:
-            p.copy_(self.state[p]["theta0"])
+            local(p).copy_(self.state[p]["theta0"])
 
     @torch.no_grad()
-    def first_step(self, step: int = 0) -> None:
+    def first_step(self, step: int = 0, *, scaler: Any = None) -> None:
         """One ascent of length ``rho/steps`` from the current point along ``p.grad``.
 
         Backs up theta_0 first if :meth:`backup_param` was not called this step.
         ``step`` is accepted for the authors' call sequence and otherwise unused.
+        ``scaler``: the ``torch.amp.GradScaler`` that scaled this backward pass (pass it
+        to every :meth:`first_step` and :meth:`second_step` of the step): the gradients
+        are unscaled in place first, and an inf/NaN skips the step (see :mod:`xsam_fast.amp`).
         """
         if self._skip:
             return
         buckets = self._buckets()
-        sumsq = self._sumsq(buckets, lambda b: b.grads)
-        if self.nonfinite != "none" and not bool(torch.isfinite(sumsq)):
-            self._skip = True
-            self._report_nonfinite("gradient")
-            return
+        self._unscale(buckets, scaler, first=True)
         backup = not self._backed_up
+        # ||g_u||^2; T comes from theta_0: the params themselves when they are backed up
+        # in this very pass, the backups afterwards
+        sumsq = self._total(buckets, [b.backend.sumsq(b.grads, weights=b.params if backup
+                                                      else b.backups, eta=b.eta)
+                                      for b in buckets], ())
+        if self._nonfinite(sumsq, "gradient"):
+            self._skip = True
+            return
         if backup:
-            self._backed_up = [p for b in buckets for p in b.params]
+            self._backed_up = [p for b in buckets for p in b.owners]
         for b in buckets:
             radius = b.group["rho"] / self.steps
             scale = C.ascent_scale(sumsq.to(_acc(b)), radius, self.eps)
-            b.backend.backup_ascent(b.params, b.grads, b.backups, scale, backup)
+            b.backend.backup_ascent(b.params, b.grads, b.backups, scale, backup, eta=b.eta)
 
     @torch.no_grad()
     def second_step(
@@ -235,6 +300,7 @@ class XSAM(torch.optim.Optimizer):
         criterion: Callable[[Any, Any], Tensor] | None = None,
         *,
         search_loss: LossFn | None = None,
+        scaler: Any = None,
     ) -> Tensor | None:
         """Interpolate, optionally search alpha, restore theta_0 and step the base optimizer.
 
@@ -242,6 +308,8 @@ class XSAM(torch.optim.Optimizer):
         ``update_alpha=True`` the search evaluates ``criterion(model(inputs), targets)``
         (the authors' signature) or ``search_loss()`` at each grid point, forward only.
         A pending :meth:`request_search` makes this step search whatever ``update_alpha`` says.
+        ``scaler``: as in :meth:`first_step`; the ``scaler.update()`` that follows sees
+        this step's overflow flag, as after ``scaler.step(optimizer)``.
         Returns ``||g||`` (the authors' ``scale``), or None if the step was skipped.
         """
         try:
@@ -251,11 +319,11 @@ class XSAM(torch.optim.Optimizer):
             if not self._backed_up:
                 raise RuntimeError("second_step() called without first_step() in this step")
             buckets = self._buckets()
+            self._unscale(buckets, scaler, first=False)
             self._backup_late_params(buckets)
             self._restore_gradless(buckets)
             sums = self._final_sums(buckets)
-            if self.nonfinite != "none" and not bool(torch.isfinite(sums).all()):
-                self._report_nonfinite("gradient or ascent displacement")
+            if self._nonfinite(sums, "gradient or ascent displacement"):
                 self._finish_skipped()
                 return None
             psi, norm_g, norm_d = C.angle(sums, self.eps)
@@ -286,6 +354,7 @@ class XSAM(torch.optim.Optimizer):
         *,
         search_loss: LossFn | None = None,
         update_alpha: bool | None = None,
+        scaler: Any = None,
     ) -> Tensor:
         """A whole XSAM step: ``steps + 1`` calls of ``closure``, then the update.
 
@@ -295,13 +364,19 @@ class XSAM(torch.optim.Optimizer):
         search runs: every ``search_interval`` steps, or now with
         ``update_alpha=True``. Returns the loss of the first pass. If anything
         raises inside the step, the parameters are left at theta_0.
+
+        fp16 with ``torch.amp.GradScaler``: the closure calls
+        ``scaler.scale(loss).backward()``; pass ``scaler=scaler`` here and call
+        ``scaler.update()`` after the step (instead of ``scaler.step``). Norms, ascent
+        and interpolation use unscaled gradients; an inf/NaN in any pass skips the step
+        with theta_0 restored, and ``scaler.update()`` backs the scale off.
         """
         if closure is None:
             raise ValueError(
                 "XSAM.step needs a closure (zero_grad, forward, backward, return loss); or call "
                 "first_step() and second_step() yourself after each backward pass")
         if (self.step_count + self.base_steps) % self.interval != 0:
-            return self._plain_step(closure)
+            return self._plain_step(closure, scaler)
         if update_alpha is None:
             update_alpha = (self.search_interval is not None and search_loss is not None
                             and self.step_count % self.search_interval == 0)
@@ -314,67 +389,80 @@ class XSAM(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
             with frozen_running_stats(self.model):
-                self.first_step(0)
+                self.first_step(0, scaler=scaler)
                 for i in range(1, self.steps):
                     with torch.enable_grad():
                         closure()
-                    self.first_step(i)
+                    self.first_step(i, scaler=scaler)
                 with torch.enable_grad():
                     closure()
                 self.second_step(update_alpha=update_alpha, model=self.model,
-                                 search_loss=search_loss)
+                                 search_loss=search_loss, scaler=scaler)
         except BaseException:
             self.restore_param()
             self._end_step()
             raise
         return loss
 
-    def _plain_step(self, closure: Callable[[], Tensor]) -> Tensor:
+    def _plain_step(self, closure: Callable[[], Tensor], scaler: Any = None) -> Tensor:
         """One forward/backward and a plain base-optimizer step (``interval > 1``)."""
         with torch.enable_grad():
             loss = closure()
-        self.base_optimizer.step()
+        if scaler_enabled(scaler):
+            scaler.step(self.base_optimizer)
+        else:
+            self.base_optimizer.step()
         self.base_steps += 1
         self._opt_called = True  # type: ignore[attr-defined]
         return loss
 
     # ------------------------------------------------------------ internals
+    def _eta_of(self, p: Tensor) -> float | None:
+        """``eta`` for a tensor stepped in ASAM's geometry, None for one with ``T = 1``."""
+        if self.adaptive and (not self.adaptive_weights_only or p.dim() > 1):
+            return self.eta
+        return None
+
     def _backup_of(self, p: Tensor) -> Tensor:
         state = self.state[p]
         if "theta0" not in state:
-            state["theta0"] = torch.empty_like(p)
+            state["theta0"] = torch.empty_like(local(p))
         return state["theta0"]
 
     def _buckets(self) -> list[_Bucket]:
-        buckets: dict[tuple[int, torch.device, torch.dtype, bool], _Bucket] = {}
+        buckets: dict[tuple[int, torch.device, torch.dtype, bool, bool, float | None],
+                      _Bucket] = {}
         for gi, group in enumerate(self.param_groups):
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
+            for owner in group["params"]:
+                if owner.grad is None:
                     continue
+                p, g = local(owner), local(owner.grad)  # DTensors: their local shards
                 if g.is_sparse:
                     raise RuntimeError("XSAM does not support sparse gradients; use a dense "
                                        "embedding (sparse=False) for the parameters it steps")
                 dense = p.is_contiguous() and g.is_contiguous()
-                key = (gi, p.device, p.dtype, dense)
+                sharded = self._comm.is_sharded(owner)
+                eta = self._eta_of(owner)
+                key = (gi, p.device, p.dtype, dense, sharded, eta)
                 bucket = buckets.get(key)
                 if bucket is None:
                     name = self.backend if dense else "reference"
                     bucket = buckets[key] = _Bucket(group, get_backend(name, p.device, p.dtype),
-                                                    [], [], [])
+                                                    [], [], [], [], sharded, eta)
+                bucket.owners.append(owner)
                 bucket.params.append(p)
                 bucket.grads.append(g)
-                bucket.backups.append(self._backup_of(p))
+                bucket.backups.append(self._backup_of(owner))
         return list(buckets.values())
 
     def _backup_late_params(self, buckets: list[_Bucket]) -> None:
         """Back up params that got a gradient only after the ascent: they never moved."""
         held = {id(p) for p in self._backed_up}
         for b in buckets:
-            for p, backup in zip(b.params, b.backups):
-                if id(p) not in held:
+            for owner, p, backup in zip(b.owners, b.params, b.backups):
+                if id(owner) not in held:
                     backup.copy_(p)
-                    self._backed_up.append(p)
+                    self._backed_up.append(owner)
 
     def _restore_gradless(self, buckets: list[_Bucket]) -> None:
         """Put back theta_0 in params that moved in the ascent but have no final gradient.
@@ -382,22 +470,46 @@ class XSAM(torch.optim.Optimizer):
         They take no part in the update (as with the authors' restore-then-step), so
         they must end the step, and stay during a search, where they started.
         """
-        stepped = {id(p) for b in buckets for p in b.params}
+        stepped = {id(p) for b in buckets for p in b.owners}
         for p in self._backed_up:
             if id(p) not in stepped:
-                p.copy_(self.state[p]["theta0"])
-
-    def _sumsq(self, buckets: list[_Bucket], pick: Callable[[_Bucket], list[Tensor]]) -> Tensor:
-        parts = [b.backend.sumsq(pick(b)) for b in buckets]
-        if not parts:
-            return torch.zeros((), dtype=torch.float32)
-        return _combine(parts)
+                local(p).copy_(self.state[p]["theta0"])
 
     def _final_sums(self, buckets: list[_Bucket]) -> Tensor:
-        parts = [b.backend.final_sums(b.params, b.backups, b.grads) for b in buckets]
-        if not parts:
-            return torch.zeros(3, dtype=torch.float32)
-        return _combine(parts)
+        parts = [b.backend.final_sums(b.params, b.backups, b.grads, eta=b.eta) for b in buckets]
+        return self._total(buckets, parts, (3,))
+
+    def _total(self, buckets: list[_Bucket], parts: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+        """Sum of per-bucket partial sums; those of sharded (FSDP2) buckets over the group
+        too (one all-reduce). Replicated (DDP) parameters are never reduced again."""
+        plain = [x for b, x in zip(buckets, parts) if not b.sharded]
+        shards = [x for b, x in zip(buckets, parts) if b.sharded]
+        total = _combine(plain) if plain else None
+        if shards:
+            reduced = self._comm.sum(_combine(shards))
+            total = reduced if total is None else _combine([total, reduced])
+        return total if total is not None else torch.zeros(shape, dtype=torch.float32)
+
+    def _unscale(self, buckets: list[_Bucket], scaler: Any, first: bool) -> None:
+        """With an enabled GradScaler: unscale this pass's gradients in place."""
+        enabled = scaler_enabled(scaler)
+        if self._amp is None and enabled and first:
+            self._amp = ScaledStep(scaler)
+        if enabled != (self._amp is not None) or (enabled and scaler is not self._amp.scaler):
+            raise ValueError("pass the same enabled GradScaler (scaler=...) to every first_step() "
+                             "and second_step() of a step, or to none of them")
+        if self._amp is not None:
+            self._amp.unscale_([g for b in buckets for g in b.grads])
+
+    def _nonfinite(self, sums: Tensor, what: str) -> bool:
+        """Whether the step must be skipped: with a GradScaler, silently on overflow (the
+        scaler learns it); otherwise as ``nonfinite`` says (one host read unless "none")."""
+        if self._amp is not None:
+            return self._amp.overflow(sums)
+        if self.nonfinite != "none" and not bool(torch.isfinite(sums).all()):
+            self._report_nonfinite(what)
+            return True
+        return False
 
     def _search(self, buckets: list[_Bucket], psi: Tensor, norm_g: Tensor, norm_d: Tensor,
                 loss_fn: LossFn, model: nn.Module | None) -> list[list[Tensor]]:
@@ -415,13 +527,19 @@ class XSAM(torch.optim.Optimizer):
         index = {a: k for k, a in enumerate(alphas)}
         names = self._batch_names(buckets, loss_fn)
         forwards = [0]
+        # FSDP2: the root keeps stale gathered weights after a forward-only pass
+        fsdp = D.fsdp_modules(model if model is not None else getattr(loss_fn, "model", None))
+        if not fsdp and any(b.sharded for b in buckets):
+            raise ValueError("searching alpha with FSDP2 (sharded) parameters needs the model, "
+                             "to reshard it after each search forward: XSAM(model=...), "
+                             "second_step(model=...) or search_loss=ModelLoss(model, ...)")
 
         def evaluate(batch: Sequence[float]) -> list[float]:
             losses = []
             if names is not None:  # search_batch points per vectorised forward
                 for start in range(0, len(batch), self.search_batch):
                     chunk = [index[a] for a in batch[start:start + self.search_batch]]
-                    stacked = {names[id(p)]: _stacked_points(p, x, b0, g, co[chunk])
+                    stacked = {names[id(p)]: _stacked_points(p, x, b0, g, co[chunk], b.eta)
                                for b, pts, co in zip(buckets, points, coeffs)
                                for p, x, b0, g in zip(b.params, pts, b.backups, b.grads)}
                     losses.extend(loss_fn.batched(stacked).detach().reshape(-1).unbind(0))
@@ -429,10 +547,14 @@ class XSAM(torch.optim.Optimizer):
             else:
                 for a in batch:
                     for b, pts, co in zip(buckets, points, coeffs):
-                        b.backend.write_point(b.params, pts, b.backups, b.grads, co[index[a]])
+                        b.backend.write_point(b.params, pts, b.backups, b.grads, co[index[a]],
+                                              eta=b.eta)
                     losses.append(loss_fn().detach().reshape(()))
+                    D.reshard(fsdp)
                     forwards[0] += 1
-            return torch.stack(losses).tolist()  # one host synchronisation per batch
+            # averaged over the data-parallel group (one all-reduce per call of the strategy),
+            # then one host synchronisation per batch
+            return self._comm.mean(torch.stack(losses)).tolist()
 
         start_time = time.perf_counter()
         with frozen_running_stats(model):
@@ -463,15 +585,18 @@ class XSAM(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             coeffs = coeffs * C.clip_factor(coeffs, sums, self.max_grad_norm)
         kinds = [fused_kind(self.base_optimizer, g) for g in self.param_groups]
-        fused = self.fuse_base_update and all(k is not None for k in kinds)
+        # DTensor (FSDP2) parameters step through the base optimizer, which keys its state
+        # by the parameters and keeps it as DTensors
+        fused = (self.fuse_base_update and all(k is not None for k in kinds)
+                 and not any(D.is_dtensor(p) for b in buckets for p in b.owners))
         for b, pts in zip(buckets, points):
             co = coeffs.to(_acc(b))
             if fused:
                 kind = fused_kind(self.base_optimizer, b.group)
                 FUSED_UPDATES[kind](b.backend, self.base_optimizer, b.group, b.params, pts,
-                                    b.backups, b.grads, co)
+                                    b.backups, b.grads, co, eta=b.eta)
             else:
-                b.backend.write_grad_restore(b.params, pts, b.backups, b.grads, co)
+                b.backend.write_grad_restore(b.params, pts, b.backups, b.grads, co, eta=b.eta)
         if fused:
             self.base_optimizer._opt_called = True  # type: ignore[attr-defined]
         else:
@@ -491,6 +616,9 @@ class XSAM(torch.optim.Optimizer):
         self._end_step()
 
     def _end_step(self) -> None:
+        if self._amp is not None:  # tell the GradScaler what scaler.step would have
+            self._amp.record(self)
+            self._amp = None
         self._backed_up = []
         self._skip = False
 
@@ -552,15 +680,20 @@ def _acc(bucket: _Bucket) -> torch.dtype:
     return C.accumulation_dtype(bucket.params[0].dtype)
 
 
-def _stacked_points(p: Tensor, point: Tensor, backup: Tensor, grad: Tensor, coeffs: Tensor
-                    ) -> Tensor:
+def _stacked_points(p: Tensor, point: Tensor, backup: Tensor, grad: Tensor, coeffs: Tensor,
+                    eta: float | None = None) -> Tensor:
     """The K search points ``theta_0 + (c_d (point - theta_0) + c_g g)`` of one parameter,
-    stacked (K, *p.shape); ``coeffs`` is (K, 2). Same arithmetic as ``write_point``."""
+    stacked (K, *p.shape); ``coeffs`` is (K, 2). Same arithmetic as ``write_point`` (with
+    ``eta``, ASAM's ``g`` becomes ``T*T * g``, ``T = |theta_0| + eta``)."""
     acc = coeffs.dtype
     shape = (-1,) + (1,) * p.dim()
     theta0 = backup.to(acc)
+    g = grad.to(acc)
+    if eta is not None:
+        t = theta0.abs() + eta
+        g = (t * t) * g
     direction = (coeffs[:, 0].reshape(shape) * (point.to(acc) - theta0)
-                 + coeffs[:, 1].reshape(shape) * grad.to(acc))
+                 + coeffs[:, 1].reshape(shape) * g)
     return (theta0 + direction).to(p.dtype)
 
 

@@ -1,0 +1,79 @@
+"""fp16 training with ``torch.amp.GradScaler``: the scaler bookkeeping of one XSAM step.
+
+An XSAM step runs ``steps + 1`` backward passes, each on a scaled loss, while a
+plain ``GradScaler`` unscales once per step (``unscale_`` may be called once per
+optimizer between two ``update()`` calls). So XSAM unscales the gradients of
+every pass itself (multiplying by ``1 / scale``, as ``unscale_`` does, before any
+norm is taken), and decides on skipping from the step's reductions, which it
+computes anyway: a non-finite ``||g||^2`` (ascent) or ``[||g||^2, ||d||^2, <d, g>]``
+(final pass) means an inf or NaN gradient somewhere (on any rank, since sharded
+sums are reduced across the shard group first). Then theta_0 is restored, the base
+optimizer is not touched, and the overflow is recorded in the scaler's
+per-optimizer state, so that the user's ``scaler.update()`` backs the scale off
+exactly as after a ``scaler.step(optimizer)`` that skipped; a finite step records
+"no overflow", so the growth tracker advances. One host read per pass (the
+skip decision), as ``scaler.step`` makes one.
+
+Usage: see :meth:`xsam_fast.XSAM.step` (``scaler=``) and ``docs/distributed_amp.md``.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+try:  # the stage marker GradScaler.step leaves behind
+    from torch.amp.grad_scaler import OptState
+except ImportError:  # pragma: no cover  (torch < 2.3)
+    from torch.cuda.amp.grad_scaler import OptState  # type: ignore[no-redef]
+
+
+def scaler_enabled(scaler: Any) -> bool:
+    return scaler is not None and scaler.is_enabled()
+
+
+class ScaledStep:
+    """Unscaling and overflow tracking of one XSAM step with one enabled ``GradScaler``."""
+
+    def __init__(self, scaler: Any) -> None:
+        if getattr(scaler, "_scale", None) is None:
+            raise RuntimeError("the GradScaler has no scale yet: call scaler.scale(loss).backward() "
+                               "in the closure (in every pass) before stepping")
+        self.scaler = scaler
+        self.found_inf: Tensor | None = None  # 1.0 once a pass overflowed, else 0.0
+
+    def unscale_(self, grads: Sequence[Tensor]) -> None:
+        """Divide the gradients of the last backward pass by the scale, in place.
+
+        Like ``GradScaler.unscale_``: the reciprocal is taken in float64, and fp16
+        gradients are refused (keep fp32 parameters and use autocast).
+        """
+        scale = self.scaler._scale
+        inv_scale = scale.double().reciprocal().float()
+        by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for g in grads:
+            if g.dtype == torch.float16:
+                raise ValueError("Attempting to unscale FP16 gradients (keep fp32 parameters and "
+                                 "use autocast, as with GradScaler)")
+            by_kind.setdefault((g.device, g.dtype), []).append(g)
+        for (device, _), tensors in by_kind.items():
+            torch._foreach_mul_(tensors, inv_scale.to(device))
+
+    def overflow(self, sums: Tensor) -> bool:
+        """Whether ``sums`` (a reduction of this pass's unscaled gradients) is non-finite;
+        remembered for :meth:`record`. One host read."""
+        flag = (~torch.isfinite(sums).all()).to(torch.float32).reshape(())
+        self.found_inf = flag if self.found_inf is None else torch.maximum(self.found_inf, flag)
+        return bool(flag)
+
+    def record(self, optimizer: torch.optim.Optimizer) -> None:
+        """Leave in the scaler what ``scaler.step(optimizer)`` leaves: the overflow flag of
+        this step (read by ``scaler.update()``) and the "stepped" stage."""
+        if self.found_inf is None:  # no pass was checked (the step failed before): record nothing
+            return
+        device = self.scaler._scale.device
+        state = self.scaler._per_optimizer_states[id(optimizer)]
+        # a fresh tensor: update() adds the recorded flags in place into the first one
+        state["found_inf_per_device"] = {device: self.found_inf.to(device).clone()}
+        state["stage"] = OptState.STEPPED
