@@ -10,6 +10,11 @@ Usage::
 
     ref = Float64XSAM(model64, rho=..., steps=..., base="sgd", lr=..., momentum=...)
     ref.step(loss_fn, search=False)       # loss_fn() -> scalar loss of model64
+    ref.plain_step(loss_fn)               # a plain base step on the gradient (interval > 1)
+
+Param groups: ``rhos`` / ``rho_maxes`` give each parameter its group's ``rho`` /
+``rho_max`` (lists over ``model.parameters()`` that require grad; read at every
+step, so a test may change them between steps); the norms stay global.
 """
 from __future__ import annotations
 
@@ -45,7 +50,9 @@ class Float64XSAM:
                  alpha: float = 1.0, alpha_max: float = 2.0, alpha_delta: float = 0.1,
                  eps: float = 1e-12, base: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
                  dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8) -> None:
+                 betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
+                 rhos: list[float] | None = None, rho_maxes: list[float] | None = None,
+                 max_grad_norm: float | None = None) -> None:
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.rho, self.steps = rho, steps
@@ -54,6 +61,8 @@ class Float64XSAM:
         self.base, self.lr = base, lr
         self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
         self.weight_decay, self.betas, self.adam_eps = weight_decay, betas, adam_eps
+        self.rhos, self.rho_maxes = rhos, rho_maxes  # per parameter, or None: rho / rho_max
+        self.max_grad_norm = max_grad_norm  # clip G as clip_grad_norm_ does
         self.state: dict[int, dict] = {}
         # what the last step saw, for checking the reported statistics
         self.psi = self.grad_norm = self.d_norm = None
@@ -83,7 +92,6 @@ class Float64XSAM:
         saved_count = []
         with torch.no_grad():
             theta0 = [p.detach().clone() for p in self.params]
-        r = self.rho / self.steps
         for i in range(self.steps):
             grads = self._grads(loss_fn)
             if i == 0:
@@ -92,11 +100,11 @@ class Float64XSAM:
                     saved_count.append(None if m.num_batches_tracked is None
                                        else int(m.num_batches_tracked))
             live = [g for g in grads if g is not None]
-            scale = r / (_norm(live) + self.eps)
+            norm = _norm(live)
             with torch.no_grad():
-                for p, g in zip(self.params, grads):
+                for j, (p, g) in enumerate(zip(self.params, grads)):
                     if g is not None:
-                        p.add_(scale * g)
+                        p.add_((self._rho(j) / self.steps) / (norm + self.eps) * g)
         grads = self._grads(loss_fn)
         idx = [j for j, g in enumerate(grads) if g is not None]
         g = [grads[j] for j in idx]
@@ -119,7 +127,7 @@ class Float64XSAM:
                 v = self._v(a, v0, v1, psi)
                 with torch.no_grad():
                     for j, vj in zip(idx, v):
-                        self.params[j].copy_(theta0[j] + self.rho_max * vj)
+                        self.params[j].copy_(theta0[j] + self._rho_max(j) * vj)
                     loss = float(loss_fn())
                 curve.append((a, loss))
                 if loss > best_loss:
@@ -127,6 +135,9 @@ class Float64XSAM:
             self.alpha, self.curve = best, curve
 
         G = [ng * x for x in self._v(self.alpha, v0, v1, psi)]
+        if self.max_grad_norm is not None:
+            clip = min(1.0, self.max_grad_norm / (_norm(G) + 1e-6))
+            G = [clip * x for x in G]
         with torch.no_grad():
             for p, t0 in zip(self.params, theta0):
                 p.copy_(t0)
@@ -136,6 +147,24 @@ class Float64XSAM:
             m.momentum = mom
             if count is not None:
                 m.num_batches_tracked.fill_(count)
+
+    def plain_step(self, loss_fn: Callable[[], torch.Tensor], lr: float | None = None) -> None:
+        """One forward/backward and the base update on the plain gradient (no ascent)."""
+        if lr is not None:
+            self.lr = lr
+        grads = self._grads(loss_fn)
+        with torch.no_grad():
+            for j, g in enumerate(grads):
+                if g is not None:
+                    self._base_update(j, self.params[j], g)
+
+    def _rho(self, j: int) -> float:
+        return self.rho if self.rhos is None else self.rhos[j]
+
+    def _rho_max(self, j: int) -> float:
+        if self.rho_maxes is not None:
+            return self.rho_maxes[j]
+        return self.rho_max if self.rhos is None else 2 * self.rhos[j]
 
     # ------------------------------------------------------------------
     def _base_update(self, j: int, p: torch.Tensor, G: torch.Tensor) -> None:

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha_max", type=float, default=d.alpha_max, help="end of the alpha grid")
     g.add_argument("--alpha_delta", type=float, default=d.alpha_delta, help="alpha grid step")
     g.add_argument("--width", type=_positive_int, default=d.width, help="CNN width (channels)")
+    g.add_argument("--interval", type=_positive_int, default=d.interval,
+                   help="SAM and XSAM take their full step on every interval-th batch and a "
+                        "plain SGD step (one forward/backward) on the others")
 
     g = t.add_argument_group("job")
     g.add_argument("--methods", type=_methods, default=["sgd", "sam", "xsam"],
@@ -170,7 +173,7 @@ def _train(args: argparse.Namespace) -> int:
                       wd=args.wd, rho=args.rho, rho_max=args.rho_max, steps=args.steps,
                       alpha=args.alpha, is_dynamic=args.is_dynamic, alpha_max=args.alpha_max,
                       alpha_delta=args.alpha_delta, eps=args.eps, backend=args.backend,
-                      width=args.width)
+                      width=args.width, interval=args.interval)
     try:
         data = load_dataset(args.dataset, batch_size=args.bs, split_seed=args.split_seed,
                             data_dir=args.data_dir, download=args.download,
@@ -181,7 +184,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{data.name}: {data.n_train} train / {data.n_test} test images; "
           f"methods {','.join(args.methods)}; seeds {seeds[0]}..{seeds[-1]}; "
           f"{cfg.epochs} epochs; {threads} thread{'s' if threads != 1 else ''}; "
-          f"backend {cfg.backend}", flush=True)
+          f"backend {cfg.backend}"
+          + (f"; SAM/XSAM interval {cfg.interval}" if cfg.interval > 1 else ""), flush=True)
 
     from .train.runner import run_job
 
@@ -189,7 +193,7 @@ def _train(args: argparse.Namespace) -> int:
         summary = run_job(data, cfg, args.methods, seeds, args.out, progress=not args.no_progress)
     except ValueError as exc:  # bad hyper-parameters, reported by the optimizer
         return _error("train", str(exc))
-    print(format_table(summary["rows"]))
+    print(format_table(summary["rows"], interval=cfg.interval))
     files = summary["files"]
     print(f"wall time {summary['wall_s']:.1f} s for {len(args.methods)} methods x {len(seeds)} "
           f"seeds x {cfg.epochs} epochs")

@@ -12,6 +12,10 @@ epoch, as in the authors' ``train.py``) and the same number of epochs:
   of every epoch and kept for the rest of it (``is_dynamic``, the authors'
   schedule), or fixed at ``alpha`` with ``is_dynamic=False``.
 
+With ``interval=k`` SAM and XSAM take their full step on every k-th batch
+(counted over the whole run) and a plain SGD step on the others; XSAM's search
+then runs at the first full step of each epoch.
+
 SAM and XSAM use the closure API (``opt.step(closure, search_loss=...,
 update_alpha=...)``) with ``model=`` so that only the first forward pass of a
 step moves the BatchNorm running statistics.
@@ -52,6 +56,7 @@ class TrainConfig:
     eps: float = 1e-12
     backend: str = "auto"
     width: int = 32
+    interval: int = 1       # SAM/XSAM: full step every interval-th batch, plain SGD between
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +75,7 @@ def build_optimizer(method: str, model: nn.Module, cfg: TrainConfig
     opt = XSAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, steps=cfg.steps,
                rho_max=cfg.rho_max, alpha=alpha, alpha_max=cfg.alpha_max,
                alpha_delta=cfg.alpha_delta, eps=cfg.eps, backend=cfg.backend, model=model,
-               **base_kwargs)
+               interval=cfg.interval, **base_kwargs)
     return opt, opt.base_optimizer
 
 
@@ -102,9 +107,9 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, batches: Batches,
                     first.append(out.detach())
                 return loss
 
-            update = search_first_batch and i == 0
-            loss = opt.step(closure, search_loss=(lambda: criterion(model(x), y)) if update else None,
-                            update_alpha=update)
+            if search_first_batch and i == 0:
+                opt.request_search()  # done by the epoch's first full step (interval > 1)
+            loss = opt.step(closure, search_loss=lambda: criterion(model(x), y))
             out = first[0]
         else:
             opt.zero_grad()
@@ -140,7 +145,8 @@ def train_run(method: str, seed: int, data: Dataset, cfg: TrainConfig, *,
 
     A record holds ``epoch, method, seed, lr, train_loss, train_acc, test_loss,
     test_acc, alpha, psi, epoch_time_s`` and ``search_curve`` (the ``[alpha,
-    loss]`` pairs of the epoch's search, or None). ``epoch_time_s`` is the wall
+    loss]`` pairs of the epoch's search, or None), and ``epoch_cpu_s`` (the CPU time
+    of this process over the same span). ``epoch_time_s`` is the wall
     time of the training pass only (search included, evaluation excluded).
     ``alpha`` is None for SGD; ``psi`` is the angle of the epoch's last step.
     """
@@ -153,10 +159,10 @@ def train_run(method: str, seed: int, data: Dataset, cfg: TrainConfig, *,
     for epoch in range(1, cfg.epochs + 1):
         lr = base.param_groups[0]["lr"]
         n_searches = len(opt.search_history) if isinstance(opt, XSAM) else 0
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         train_loss, train_acc = train_epoch(model, opt, data.train, generator,
                                             search_first_batch=search, on_batch=on_batch)
-        epoch_time = time.perf_counter() - start
+        epoch_time, epoch_cpu = time.perf_counter() - start, time.process_time() - cpu_start
         test_loss, test_acc = evaluate(model, data.test)
         scheduler.step()
         alpha = psi = curve = None
@@ -168,7 +174,7 @@ def train_run(method: str, seed: int, data: Dataset, cfg: TrainConfig, *,
         yield dict(epoch=epoch, method=method, seed=seed, lr=lr, train_loss=train_loss,
                    train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
                    alpha=alpha, psi=_finite_or_none(psi), epoch_time_s=epoch_time,
-                   search_curve=curve)
+                   search_curve=curve, epoch_cpu_s=epoch_cpu)
 
 
 def warm_up(data: Dataset, cfg: TrainConfig, methods: list[str], batches: int = 2) -> None:

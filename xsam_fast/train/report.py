@@ -61,15 +61,26 @@ def _paired_time_ratio(records: Sequence[dict[str, Any]], method: str, reference
     return statistics.median(ratios) if ratios else None
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table (also valid Markdown) of :func:`summarize`'s rows."""
+def method_label(method: str, interval: int = 1) -> str:
+    """``"XSAM"``; ``"XSAM (interval 2)"`` for SAM/XSAM run with ``interval=2``."""
+    if interval > 1 and method in ("sam", "xsam"):
+        return f"{method.upper()} (interval {interval})"
+    return method.upper()
+
+
+def format_table(rows: Sequence[dict[str, Any]], *, interval: int = 1) -> str:
+    """A plain-text table (also valid Markdown) of :func:`summarize`'s rows.
+
+    ``interval``: the job's ``interval`` (SAM/XSAM's full step every interval-th
+    batch), named in their rows and in the note under the table.
+    """
     header = ("method", "test acc % (mean ± std)", "s/epoch mean", "s/epoch median",
               "mean alpha*", "time vs SAM")
     lines = []
     for row in rows:
         extra = row["extra_time_vs_sam_pct"]
         lines.append((
-            row["method"].upper(),
+            method_label(row["method"], interval),
             f"{100 * row['test_acc_mean']:.2f} ± {100 * row['test_acc_std']:.2f}",
             f"{row['epoch_time_s']:.3f}",
             f"{row['epoch_time_median_s']:.3f}",
@@ -89,4 +100,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                    f"seed{'s' if n != 1 else ''}; s/epoch: training pass only (XSAM's alpha "
                    f"search included) over seeds and epochs; time vs SAM: XSAM's extra time per "
                    f"epoch, median over seeds of the ratio of per-seed medians")
+        if interval > 1:
+            out.append(f"interval {interval}: SAM and XSAM take their full step on every "
+                       f"{_ordinal(interval)} batch and a plain SGD step on the others")
     return "\n".join(out)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
