@@ -13,7 +13,9 @@ identically for every implementation. The base optimizer is SGD with momentum
 the median and p10/p90 step time, the bandwidth implied by the 56 bytes/param
 floor of ``XSAM_MATH.md`` (14 elements per parameter, so 28 bytes for 16-bit
 types), the ratio to the floor time at the copy bandwidth measured in the same
-run, the speed-up over the authors-style baseline, and the extra memory of the
+run (and at the in-place ``add_`` bandwidth, the stricter floor where a copy
+pays a read-for-ownership), the speed-ups over the authors-style and foreach
+baselines, and the extra memory of the
 optimizer (CPU: bytes of the tensors in the optimizer and base-optimizer state;
 CUDA: peak ``max_memory_allocated`` over the parameters and gradients).
 
@@ -248,8 +250,14 @@ class Timer:
         return time.perf_counter() - t0
 
 
-class CopyProbe:
-    """The machine's copy bandwidth: ``dst.copy_(src)`` on two large buffers, read + write counted.
+class BandwidthProbe:
+    """The machine's memory bandwidth, two ways, on two large buffers.
+
+    * copy: ``dst.copy_(src)``, read + written bytes counted (the issue's floor);
+    * read-modify-write: ``dst.add_(src)``, 2 reads + 1 write counted, the access
+      pattern of the fused in-place passes. On CPUs where a copy pays a
+      read-for-ownership of its destination this is the higher of the two, so the
+      floor at this bandwidth is the stricter one.
 
     Timed in the same loop as the steps (interleaved with them by default on
     the CPU), so that the floor is measured under the same load as the steps.
@@ -260,16 +268,19 @@ class CopyProbe:
         self.src = torch.rand(n, device=device)
         self.dst = torch.empty_like(self.src)
         self.dst.copy_(self.src)  # touch every page before timing
-        self.bytes_moved = 2 * n * 4
+        self.copy_bytes = 2 * n * 4
+        self.rmw_bytes = 3 * n * 4
         self.timer = Timer(device)
 
-    def time_once(self) -> float:
-        """Seconds of one copy."""
-        return self.timer(lambda: self.dst.copy_(self.src))
+    def time_once(self) -> tuple[float, float]:
+        """Seconds of one copy and of one in-place add (dst grows by at most 1 per call)."""
+        return (self.timer(lambda: self.dst.copy_(self.src)),
+                self.timer(lambda: self.dst.add_(self.src)))
 
-    def bandwidth(self, times: Sequence[float]) -> float:
-        """Bytes/s from the median of ``times``."""
-        return self.bytes_moved / statistics.median(times)
+    def bandwidths(self, times: Sequence[tuple[float, float]]) -> tuple[float, float]:
+        """Copy and read-modify-write bytes/s from the medians of ``times``."""
+        return (self.copy_bytes / statistics.median(t[0] for t in times),
+                self.rmw_bytes / statistics.median(t[1] for t in times))
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -345,17 +356,18 @@ class _Running:
 
 
 def run_case(impls: list[Impl], master: tuple[list[Tensor], list[Tensor], list[Tensor]],
-             device: torch.device, probe: CopyProbe, *, repeat: int, warmup: int,
+             device: torch.device, probe: BandwidthProbe, *, repeat: int, warmup: int,
              budget_s: float, interleave: bool, progress: Callable[[str], None]
              ) -> list[dict[str, Any]]:
-    """Time one XSAM step of each implementation (and the copy probe) on one case.
+    """Time one XSAM step of each implementation (and the bandwidth probe) on one case.
 
     ``interleave``: all implementations are built first and timed round-robin,
-    one step each per round after one copy of the probe, so that a change of load
+    one step each per round after one probe measurement, so that a change of load
     on a shared machine hits them all alike (needs every implementation's memory
     at once). Otherwise each implementation is built, timed alone after its own
-    copy-probe series, and freed. Returns one dict per implementation:
-    ``times`` and ``copy_times`` (seconds), ``state_mb``, ``peak_extra_mb``.
+    probe series, and freed. Returns one dict per implementation:
+    ``times`` (seconds) and ``probe_times`` (pairs of seconds, see
+    :meth:`BandwidthProbe.time_once`), ``state_mb``, ``peak_extra_mb``.
     """
     cuda = device.type == "cuda"
     timer = Timer(device)
@@ -373,9 +385,9 @@ def run_case(impls: list[Impl], master: tuple[list[Tensor], list[Tensor], list[T
             timer(step)
         return _Running(impl, step, opt, [], base)
 
-    def finish(run: _Running, copy_times: list[float]) -> None:
+    def finish(run: _Running, probe_times: list[float]) -> None:
         results.append(dict(
-            impl=run.impl, times=run.times, copy_times=copy_times,
+            impl=run.impl, times=run.times, probe_times=probe_times,
             state_mb=state_bytes(run.opt) / 2**20,
             peak_extra_mb=((torch.cuda.max_memory_allocated(device) - run.mem_baseline) / 2**20
                            if cuda else None)))
@@ -386,29 +398,29 @@ def run_case(impls: list[Impl], master: tuple[list[Tensor], list[Tensor], list[T
     if interleave:
         progress(f"building {len(impls)} implementations, {warmup} warm-up steps each")
         runs = [start(impl) for impl in impls]
-        copy_times: list[float] = []
+        probe_times: list[float] = []
         started = time.perf_counter()
-        while not done(len(copy_times), started, budget_s * len(runs)):
-            copy_times.append(probe.time_once())
+        while not done(len(probe_times), started, budget_s * len(runs)):
+            probe_times.append(probe.time_once())
             for run in runs:
                 run.times.append(timer(run.step))
-            progress(f"round {len(copy_times)}/{repeat}: " + ", ".join(
+            progress(f"round {len(probe_times)}/{repeat}: " + ", ".join(
                 f"{r.impl.label} {r.times[-1] * 1e3:.2f} ms" for r in runs))
         if cuda:  # one peak for all: not per implementation
             progress("interleaved on CUDA: peak memory is the case's, not per implementation")
         for run in runs:
-            finish(run, copy_times)
+            finish(run, probe_times)
         del runs
     else:
         for impl in impls:
-            copy_times = [probe.time_once() for _ in range(max(repeat, 10))]
+            probe_times = [probe.time_once() for _ in range(max(repeat, 10))]
             progress(f"{impl.label}: {warmup} warm-up + up to {repeat} timed steps")
             run = start(impl)
             started = time.perf_counter()
             while not done(len(run.times), started, budget_s):
                 run.times.append(timer(run.step))
                 progress(f"{impl.label} rep {len(run.times)}/{repeat}: {run.times[-1] * 1e3:.2f} ms")
-            finish(run, copy_times)
+            finish(run, probe_times)
             del run
             gc.collect()
             if cuda:
@@ -425,7 +437,8 @@ CSV_COLUMNS = [
     "date", "device", "machine", "cores", "torch_threads", "torch", "triton", "python",
     "xsam_fast", "backends_available", "impl", "size", "dtype", "n_params", "n_tensors",
     "warmup", "repeats", "median_ms", "p10_ms", "p90_ms", "floor_bytes", "gbps",
-    "copy_gbps", "floor_ms", "x_floor", "speedup_vs_authors", "speedup_vs_foreach",
+    "copy_gbps", "floor_ms", "x_floor", "rmw_gbps", "floor_rmw_ms", "x_floor_rmw",
+    "speedup_vs_authors", "speedup_vs_foreach",
     "state_mb", "peak_extra_mb", "nonfinite", "interleaved",
 ]
 
@@ -436,15 +449,16 @@ def _fmt(value: Any, spec: str) -> str:
 
 def table_lines(rows: list[dict[str, Any]], markdown: bool = False) -> list[str]:
     head = ["implementation", "size", "dtype", "ms (p10-p90)", "GB/s", "x floor",
-            "vs authors", "extra MB"]
+            "x floor (add_)", "vs authors", "vs foreach", "extra MB"]
     body = []
     for r in rows:
         mem = r["peak_extra_mb"] if r["peak_extra_mb"] not in (None, "") else r["state_mb"]
         body.append([
             r["impl"], r["size"], r["dtype"],
             f"{r['median_ms']:.2f} ({r['p10_ms']:.2f}-{r['p90_ms']:.2f})",
-            f"{r['gbps']:.1f}", f"{r['x_floor']:.2f}",
+            f"{r['gbps']:.1f}", f"{r['x_floor']:.2f}", f"{r['x_floor_rmw']:.2f}",
             _fmt(r["speedup_vs_authors"], ".2f") + ("x" if r["speedup_vs_authors"] else ""),
+            _fmt(r["speedup_vs_foreach"], ".2f") + ("x" if r["speedup_vs_foreach"] else ""),
             f"{float(mem):.1f}" if float(mem) >= 1 else f"{float(mem):.3f}",
         ])
     if markdown:
@@ -474,7 +488,9 @@ def write_plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         for x, r in zip(xs, sub):
             ax.text(x, r["p90_ms"], f"{r['median_ms']:.3g}", ha="center", va="bottom", fontsize=7)
         ax.axhline(sub[0]["floor_ms"], color="k", linestyle="--", linewidth=1,
-                   label=f"floor {sub[0]['floor_ms']:.3g} ms")
+                   label=f"floor at copy bw {sub[0]['floor_ms']:.3g} ms")
+        ax.axhline(sub[0]["floor_rmw_ms"], color="k", linestyle=":", linewidth=1,
+                   label=f"floor at add_ bw {sub[0]['floor_rmw_ms']:.3g} ms")
         ax.set_xticks(list(xs), [r["impl"] for r in sub], rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{size} ({sub[0]['n_params'] / 1e6:.3g}M params) {dtype}", fontsize=9)
         ax.set_ylabel("ms per step (median, p10-p90)")
@@ -560,10 +576,11 @@ def main(argv: Sequence[str] | None = None) -> int:
          f"{', '.join(i.label for i in impls)}")
 
     copy_mib = args.copy_mib if args.copy_mib is not None else (1024 if cuda else 256)
-    probe = CopyProbe(device, copy_mib * 2**20)
+    probe = BandwidthProbe(device, copy_mib * 2**20)
     interleave = args.interleave if args.interleave is not None else not cuda
     _log(f"floor = {FLOOR_ELEMENTS_PER_PARAM} elements/param at the copy bandwidth "
-         f"(dst.copy_(src), {copy_mib} MiB buffers, read+write) measured in each case"
+         f"(dst.copy_(src), {copy_mib} MiB buffers, read+write; also dst.add_(src), "
+         f"2 reads + 1 write) measured in each case"
          + (", interleaved with the steps" if interleave else " before each implementation"))
 
     rows: list[dict[str, Any]] = []
@@ -593,8 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         gc.collect()
         for res in results:
             times = res["times"]
-            copy_bw = probe.bandwidth(res["copy_times"])
-            floor_s = floor_bytes / copy_bw
+            copy_bw, rmw_bw = probe.bandwidths(res["probe_times"])
+            floor_s, floor_rmw_s = floor_bytes / copy_bw, floor_bytes / rmw_bw
             med = statistics.median(times)
             row = dict(info, impl=res["impl"].label, size=size, dtype=dtype_name, n_params=n,
                        n_tensors=len(shapes), warmup=warmup, repeats=len(times),
@@ -602,16 +619,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                        p90_ms=percentile(times, 90) * 1e3, floor_bytes=floor_bytes,
                        gbps=floor_bytes / med / 1e9, copy_gbps=copy_bw / 1e9,
                        floor_ms=floor_s * 1e3, x_floor=med / floor_s,
+                       rmw_gbps=rmw_bw / 1e9, floor_rmw_ms=floor_rmw_s * 1e3,
+                       x_floor_rmw=med / floor_rmw_s,
                        speedup_vs_authors=None, speedup_vs_foreach=None,
                        state_mb=res["state_mb"], peak_extra_mb=res["peak_extra_mb"],
                        nonfinite=args.nonfinite, interleaved=interleave)
             rows.append(row)
             _log(f"{prefix} {row['impl']}: median {row['median_ms']:.2f} ms, copy "
                  f"{row['copy_gbps']:.1f} GB/s, floor {row['floor_ms']:.2f} ms, "
-                 f"{row['x_floor']:.2f}x floor")
+                 f"{row['x_floor']:.2f}x floor; add_ {row['rmw_gbps']:.1f} GB/s, "
+                 f"{row['x_floor_rmw']:.2f}x that floor")
     del probe
-    copy_range = (f"{min(r['copy_gbps'] for r in rows):.1f}-{max(r['copy_gbps'] for r in rows):.1f}"
-                  if rows else "n/a")
+    copy_range, rmw_range = (
+        (f"{min(r[k] for r in rows):.1f}-{max(r[k] for r in rows):.1f}" if rows else "n/a")
+        for k in ("copy_gbps", "rmw_gbps"))
 
     for r in rows:
         for base, key in (("authors-style", "speedup_vs_authors"), ("foreach", "speedup_vs_foreach")):
@@ -626,8 +647,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = table_lines(rows)
     print()
     print(f"XSAM step optimizer overhead, {info['machine']}, torch {info['torch']}, {info['date']}")
-    print(f"copy bandwidth {copy_range} GB/s over the cases; floor = 14 elements/param "
-          f"(56 B fp32, 28 B 16-bit) at the copy bandwidth measured in the case")
+    print(f"copy bandwidth {copy_range} GB/s, add_ bandwidth {rmw_range} GB/s over the cases; "
+          f"floor = 14 elements/param (56 B fp32, 28 B 16-bit) at the bandwidth measured in "
+          f"the case")
     print("\n".join(lines))
     with open(stem.with_suffix(".csv"), "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
@@ -639,7 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f"({info['torch_threads']} torch threads); torch {info['torch']}"
                  + (f", triton {info['triton']}" if info["triton"] else "")
                  + f"; backends available: {info['backends_available']}; "
-                 f"copy bandwidth {copy_range} GB/s (measured per case); {warmup} warm-up "
+                 f"copy bandwidth {copy_range} GB/s, add_ bandwidth {rmw_range} GB/s "
+                 f"(measured per case); {warmup} warm-up "
                  f"steps, up to {repeat} timed"
                  + (", implementations interleaved round-robin" if interleave else "")
                  + ".\n\n")
@@ -648,8 +671,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rows and not args.no_plot:
         write_plot(rows, stem.with_suffix(".png"),
                    f"XSAM step overhead, {device.type}: {info['machine']}, torch {info['torch']}, "
-                   f"{info['date'][:10]}\ndashed: floor, 14 elements/param at the copy "
-                   f"bandwidth measured in the case ({copy_range} GB/s)")
+                   f"{info['date'][:10]}\nfloor: 14 elements/param at the copy ({copy_range} "
+                   f"GB/s) and add_ ({rmw_range} GB/s) bandwidths measured in the case")
         written.append(stem.with_suffix(".png"))
     print("\nwritten: " + ", ".join(str(p) for p in written))
     return 0

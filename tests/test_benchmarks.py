@@ -104,6 +104,7 @@ def test_bench_step_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     for r in rows:
         assert r["size"] == "tiny" and int(r["n_params"]) == bench_step.numel(bench_step.TINY_SHAPES)
         assert float(r["median_ms"]) > 0 and float(r["gbps"]) > 0 and float(r["x_floor"]) > 0
+        assert float(r["rmw_gbps"]) > 0 and float(r["x_floor_rmw"]) > 0
         assert r["torch"] == torch.__version__ and r["date"] and r["machine"]
         elem = 4 if r["dtype"] == "fp32" else 2
         assert int(r["floor_bytes"]) == 14 * elem * int(r["n_params"])
