@@ -165,11 +165,18 @@ def baseline_impl(label: str) -> Impl:
 _ALIASES = {"authors": "authors-style", "authors_style": "authors-style"}
 
 
-def resolve_impls(names: str | None, nonfinite: str) -> list[Impl]:
-    """``--backends``: xsam_fast backend names and baseline labels; default all available."""
+#: baselines timed by default; "compiled" (torch.compile, a minute or more of compilation
+#: per case on a CPU) by default on CUDA only
+DEFAULT_BASELINES = {"cpu": ["authors-style", "foreach"],
+                     "cuda": ["authors-style", "foreach", "compiled"]}
+
+
+def resolve_impls(names: str | None, nonfinite: str, device: torch.device) -> list[Impl]:
+    """``--backends``: xsam_fast backend names and baseline labels; default every available
+    backend and the device's :data:`DEFAULT_BASELINES`."""
     available = xsam_fast.available_backends()
     if names is None:
-        wanted = [*available, *BASELINES]
+        wanted = [*available, *DEFAULT_BASELINES.get(device.type, DEFAULT_BASELINES["cpu"])]
     else:
         wanted = [_ALIASES.get(n.strip(), n.strip()) for n in names.split(",") if n.strip()]
     impls = []
@@ -520,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(missing one defaults to fp32 / resnet18)")
     p.add_argument("--dtypes", help=f"comma list among {', '.join(DTYPES)}")
     p.add_argument("--backends", help="comma list of xsam_fast backends and baselines "
-                   f"({', '.join(BASELINES)}); default: every available backend plus the baselines")
+                   f"({', '.join(BASELINES)}); default: every available backend plus the "
+                   "baselines (compiled on cuda only)")
     p.add_argument("--repeat", type=int, help="timed steps per case (default: cpu 15, cuda 50)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: cpu 2, cuda 5)")
     p.add_argument("--budget-s", type=float, default=30.0,
@@ -565,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if repeat < 1 or warmup < 0:
         raise SystemExit("--repeat must be >= 1 and --warmup >= 0")
     cases = cases_from_args(args)
-    impls = resolve_impls(args.backends, args.nonfinite)
+    impls = resolve_impls(args.backends, args.nonfinite, device)
     if not impls:
         raise SystemExit("nothing to time")
     info = machine_info(device)

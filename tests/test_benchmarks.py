@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is not installed; plain `pytest` ne
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_step  # noqa: E402
-from benchmarks.baselines import AuthorsStyleXSAM, ForeachXSAM  # noqa: E402
+from benchmarks.baselines import AuthorsStyleXSAM, CompiledXSAM, ForeachXSAM  # noqa: E402
 from xsam_fast import XSAM  # noqa: E402
 
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -61,6 +61,7 @@ def _reference(fuse: bool):
 BASELINE_MAKERS = {
     "authors-style": lambda ps: AuthorsStyleXSAM(ps, torch.optim.SGD, rho=RHO, alpha=ALPHA, **HYPER),
     "foreach": lambda ps: ForeachXSAM(ps, torch.optim.SGD, rho=RHO, alpha=ALPHA, **HYPER),
+    "compiled": lambda ps: CompiledXSAM(ps, torch.optim.SGD, rho=RHO, alpha=ALPHA, **HYPER),
 }
 
 
