@@ -189,12 +189,16 @@ class ForeachXSAM(_BaselineXSAM):
         scale = (self.rho / (self._norm(grads) + self.eps)).item()
         torch._foreach_add_(params, grads, alpha=scale)
 
-    @torch.no_grad()
-    def second_step(self, update_alpha: bool = False, *args: Any, **kwargs: Any) -> Tensor | None:
+    def _second_lists(self, update_alpha: bool) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The lists of :meth:`_lists` for a ``second_step``, which ends the step."""
         if update_alpha:
             raise NotImplementedError("the baselines run fixed alpha only")
-        params, grads, backups = self._lists()
         self._backed_up = False
+        return self._lists()
+
+    @torch.no_grad()
+    def second_step(self, update_alpha: bool = False, *args: Any, **kwargs: Any) -> Tensor | None:
+        params, grads, backups = self._second_lists(update_alpha)
         if not params:
             return None
         acc = C.accumulation_dtype(params[0].dtype)
@@ -273,10 +277,7 @@ class CompiledXSAM(ForeachXSAM):
 
     @torch.no_grad()
     def second_step(self, update_alpha: bool = False, *args: Any, **kwargs: Any) -> Tensor | None:
-        if update_alpha:
-            raise NotImplementedError("the baselines run fixed alpha only")
-        params, grads, backups = self._lists()
-        self._backed_up = False
+        params, grads, backups = self._second_lists(update_alpha)
         if not params:
             return None
         group = self.param_groups[0]

@@ -47,6 +47,7 @@ from xsam_fast import XSAM
 from xsam_fast.backends import get_backend
 
 from .baselines import BASELINES
+from .machine import cpu_name
 
 Shape = tuple[int, ...]
 
@@ -199,15 +200,7 @@ def resolve_impls(names: str | None, nonfinite: str, device: torch.device) -> li
 
 def machine_info(device: torch.device) -> dict[str, str]:
     """Date and a hostname-free description of the machine and the software."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         import importlib.metadata as md
         triton = md.version("triton")

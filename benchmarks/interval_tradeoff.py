@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from xsam_fast.train.data import load_dataset  # noqa: E402
 from xsam_fast.train.loop import TrainConfig, train_run, warm_up  # noqa: E402
 
@@ -121,14 +122,8 @@ def format_rows(rows: list[dict[str, Any]], reference: str) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     threads = torch.get_num_threads()
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, {threads} torch thread{'s' * (threads != 1)}, "
+    return (f"{cpu_name()}, {os.cpu_count()} logical CPUs, {threads} torch thread{'s' * (threads != 1)}, "
             f"{platform.system()}, Python {platform.python_version()}, torch {torch.__version__}")
 
 

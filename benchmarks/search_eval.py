@@ -41,6 +41,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from xsam_fast import XSAM  # noqa: E402
 from xsam_fast.coefficients import alpha_grid  # noqa: E402
 from xsam_fast.diagnostics import digits_diagnostic, format_table  # noqa: E402
@@ -287,13 +288,7 @@ def batched_timing(repeats: int, seed: int, quick: bool) -> list[dict[str, Any]]
 
 # ---------------------------------------------------------------- output
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {torch.get_num_threads()} torch threads, {platform.system()}, "
+    return (f"{cpu_name()}, {torch.get_num_threads()} torch threads, {platform.system()}, "
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
