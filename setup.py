@@ -61,7 +61,24 @@ def _extensions():
             extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "-lineinfo"]}))
 
     class OptionalBuildExtension(BuildExtension):
-        """Builds each extension if it can; a failure is reported, not fatal."""
+        """Builds each extension if it can; a failure is reported, not fatal.
+
+        Two levels: torch checks the compiler once for all extensions (it runs
+        ``$CXX --version``) before building any, and then each extension builds on
+        its own. A failed extension is dropped from ``self.extensions``, so that
+        the steps after the build (the in-place copy of editable installs, the
+        list of outputs) do not look for its file.
+        """
+
+        def build_extensions(self):
+            failed = self._failed = []
+            try:
+                super().build_extensions()
+            except Exception as exc:  # no usable compiler: no extension at all
+                print(f"xsam-fast: WARNING: building the extensions failed ({exc}); the cpu "
+                      "and cuda backends will report themselves unavailable", file=sys.stderr)
+                failed.extend(self.extensions)
+            self.extensions = [e for e in self.extensions if e not in failed]
 
         def build_extension(self, ext):
             try:
@@ -69,6 +86,7 @@ def _extensions():
             except Exception as exc:  # the package works without it
                 print(f"xsam-fast: WARNING: building {ext.name} failed ({exc}); "
                       "that backend will report itself unavailable", file=sys.stderr)
+                self._failed.append(ext)
 
     return ext_modules, {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
 
