@@ -286,3 +286,16 @@ def test_param_with_gradient_only_at_the_ascent_point(batches64):
         criterion(model(x), y).backward()
         opt.second_step()
         assert_params_close(params_of(model), params_of(model64), 1e-12, 1e-12)
+
+
+@pytest.mark.parametrize("capturable", [False, True])
+def test_capturable_adam_steps_through_torch(capturable, mlp64, batches64):
+    """``capturable=True`` (torch's flag for CUDA-graph capture) sends AdamW through the
+    generic path: G is written into ``.grad`` and torch's own (capturable) step runs;
+    otherwise the update is fused and the base ``step()`` is never called."""
+    opt = XSAM(mlp64.parameters(), torch.optim.AdamW, lr=0.01, rho=0.2, capturable=capturable)
+    calls = []
+    # (torch's capturable Adam refuses CPU tensors: count the calls instead)
+    opt.base_optimizer.step = lambda closure=None: calls.append(closure)
+    closure_step(opt, mlp64, *batches64[0])
+    assert len(calls) == (1 if capturable else 0)
