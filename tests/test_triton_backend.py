@@ -480,7 +480,12 @@ def _train(backend, base, hyper, *, search):
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(24, 6, generator=gen), torch.randn(24, generator=gen)
     model = _model()
-    opt = XSAM(model.parameters(), base, rho=0.1, alpha=0.6, backend=backend, model=model,
+    hyper = dict(hyper)
+    group_rhos = hyper.pop("group_rhos", None)  # per-module param groups with their own rho
+    params = (model.parameters() if group_rhos is None else
+              [{"params": m.parameters(), "rho": r}
+               for m, r in zip((model[0], model[1], model[3]), group_rhos)])
+    opt = XSAM(params, base, rho=0.1, alpha=0.6, backend=backend, model=model,
                search_interval=1 if search else None, **hyper)
     loss_fn = nn.MSELoss()
 
@@ -508,6 +513,10 @@ OPTIMIZER_CASES = {
     "asam-adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.05, adaptive=True), False),
     "asam-all-sgd": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, adaptive=True,
                                            adaptive_weights_only=False), False),
+    # the options of the optimizer layer: per-group rho, clipping of G, interval
+    "groups-clip-interval": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, interval=2,
+                                                   group_rhos=(0.05, 0.1, 0.2),
+                                                   max_grad_norm=0.05), True),
 }
 
 
