@@ -1,7 +1,7 @@
 """The Triton backend on a CUDA device: phases vs reference, no host syncs, graphs, >2**31.
 
 Skipped (not passed) where no CUDA device is visible. ``benchmarks/gpu_check.sh``
-runs these on a GPU machine (``pytest -k "triton or cuda or gpu"``).
+runs these on a GPU machine (with tests/test_cuda_backend.py).
 """
 from __future__ import annotations
 
