@@ -1,8 +1,9 @@
-"""Data-parallel XSAM on two gloo processes (127.0.0.1), against single-process float64 runs.
+"""Data-parallel XSAM on gloo processes (127.0.0.1), against single-process float64 runs.
 
-One launch of two processes runs every scenario (a launch costs seconds) and saves
-what each rank saw to a temporary file; the tests below compare those results with
-XSAM stepping in this process on the global batch (or per shard):
+One launch of two processes runs every scenario but HSDP, which has a launch of
+four (a launch costs seconds); each process saves what it saw to a temporary
+file, and the tests below compare those results with XSAM stepping in this
+process on the global batch (or per shard):
 
 * DDP: identical parameters and alpha on both ranks, equal to the global-batch run;
   without the all-reduce of the search losses the ranks pick different alphas (the
@@ -15,6 +16,8 @@ XSAM stepping in this process on the global batch (or per shard):
   on its own shard; with the default group the alphas would be averaged.
 * Per-rank perturbation (``no_sync`` + ``grad_averaging``): identical parameters,
   equal to the average of the per-shard single-process steps.
+* HSDP (2 replicas x 2 shards, four processes): equal to the global-batch run;
+  partial sums over the shard group only.
 """
 from __future__ import annotations
 
@@ -65,19 +68,19 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 3), Temperature()).double()
 
 
-def shards() -> list[tuple[torch.Tensor, torch.Tensor]]:
+def shards(world: int = WORLD) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per-rank batches from different distributions, so that their searches disagree."""
     gen = torch.Generator().manual_seed(0)
     out = []
-    for r in range(WORLD):
+    for r in range(world):
         x = torch.randn(BATCH, 6, generator=gen, dtype=torch.float64) * (1 + 2 * r) + r
         y = torch.randint(0, 3, (BATCH,), generator=gen)
         out.append((x, y))
     return out
 
 
-def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*shards())
+def global_batch(world: int = WORLD) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*shards(world))
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -116,17 +119,15 @@ def xsam_run(model: nn.Module, batch, *, base: str = "sgd", backend: str = "refe
     return opt
 
 
-# ---------------------------------------------------------------- the two processes
+# ---------------------------------------------------------------- the processes
 def _full(p: torch.Tensor) -> torch.Tensor:
     return (p.full_tensor() if D.is_dtensor(p) else p).detach().clone()
 
 
-def _scenarios(rank: int) -> dict[str, Any]:
-    from torch.distributed.fsdp import fully_shard
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    batch = shards()[rank]
-    out: dict[str, Any] = {}
+def _counting_recorder(out: dict[str, Any]):
+    """Count XSAM's all-reduces (for the rest of the process) and return
+    ``recorder(name, model) -> (record, on_step)``: ``on_step`` appends each step's
+    alpha and all-reduce count to ``out[name]``."""
     calls = [0]
     all_reduce = D._all_reduce
 
@@ -144,6 +145,16 @@ def _scenarios(rank: int) -> dict[str, Any]:
             rec["calls"].append(calls[0])
             calls[0] = 0
         return rec, on_step
+    return recorder
+
+
+def _scenarios(rank: int) -> dict[str, Any]:
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    batch = shards()[rank]
+    out: dict[str, Any] = {}
+    recorder = _counting_recorder(out)
 
     # DDP: search every step, then two steps without search
     model = DDP(make_model())
@@ -198,16 +209,37 @@ def _scenarios(rank: int) -> dict[str, Any]:
         xsam_run(model, batch, base="plain_sgd", search=False, alpha=0.5, n_steps=2,
                  base_cls=D.grad_averaging(torch.optim.SGD), on_step=on_step)
     rec["params"] = [_full(p) for p in model.module.parameters()]
-    D._all_reduce = all_reduce
     return out
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _hsdp_scenarios(rank: int) -> dict[str, Any]:
+    """HSDP on four ranks: two replicas of a model sharded over two ranks each."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    out: dict[str, Any] = {}
+    recorder = _counting_recorder(out)
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    for backend in CPU_BACKENDS:
+        model = make_model()
+        fully_shard(model, mesh=mesh)
+        rec, on_step = recorder(f"hsdp-{backend}", model)
+        xsam_run(model, shards(HSDP_WORLD)[rank], backend=backend, on_step=on_step)
+        rec["params"] = [_full(p) for p in model.parameters()]
+    return out
+
+
+SCENARIOS = {"main": (_scenarios, WORLD), "hsdp": (_hsdp_scenarios, 4)}
+HSDP_WORLD = SCENARIOS["hsdp"][1]
+
+
+def _worker(rank: int, port: int, out_dir: str, scenarios: str) -> None:
+    run, world = SCENARIOS[scenarios]
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)
+                            world_size=world)
     try:
-        torch.save(_scenarios(rank), os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(run(rank), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -218,13 +250,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict[str, Any]]:
+def _launch(tmp_path_factory, scenarios: str) -> list[dict[str, Any]]:
     if not dist.is_available():
         pytest.fail("torch.distributed is not available in this build")
-    out_dir = str(tmp_path_factory.mktemp("ranks"))
-    mp.spawn(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=True)
-    return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
+    world = SCENARIOS[scenarios][1]
+    out_dir = str(tmp_path_factory.mktemp(scenarios))
+    mp.spawn(_worker, args=(_free_port(), out_dir, scenarios), nprocs=world, join=True)
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict[str, Any]]:
+    return _launch(tmp_path_factory, "main")
+
+
+@pytest.fixture(scope="module")
+def hsdp_ranks(tmp_path_factory) -> list[dict[str, Any]]:
+    return _launch(tmp_path_factory, "hsdp")
 
 
 def _reference(batch, **kw) -> tuple[XSAM, list[torch.Tensor], list[float]]:
@@ -326,10 +368,27 @@ def test_m_sharpness_no_sync_with_grad_averaging(ranks):
     assert ranks[0]["m_sharpness"]["calls"] == [1, 1]  # G averaged: one all-reduce a step
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_hsdp_equals_global_batch_run(hsdp_ranks, backend):
+    """HSDP (2 replicas x 2 shards): the partial sums go over the shard group only (the
+    replicas hold the same averaged gradients), the search losses over all four ranks;
+    every rank ends with the parameters and alphas of one process on the global batch.
+    Per step: one all-reduce for the ascent norm, one for the final sums, one per search."""
+    name = f"hsdp-{backend}"
+    for r in range(1, HSDP_WORLD):
+        assert hsdp_ranks[r][name]["alphas"] == hsdp_ranks[0][name]["alphas"]
+        for a, b in zip(hsdp_ranks[r][name]["params"], hsdp_ranks[0][name]["params"]):
+            assert torch.equal(a, b)
+    _, params, alphas = _reference(global_batch(HSDP_WORLD), backend=backend)
+    assert hsdp_ranks[0][name]["alphas"] == alphas
+    _assert_close(hsdp_ranks[0][name]["params"], params, name)
+    assert hsdp_ranks[0][name]["calls"] == [3] * STEPS
+
+
 def test_no_group_without_torch_distributed():
     assert not dist.is_initialized()
     assert D.resolve_group(None) is None
     comm = D.Communicator(None)
     x = torch.tensor([1.0, 2.0])
-    assert torch.equal(comm.sum(x), x) and torch.equal(comm.mean(x), x)
+    assert torch.equal(comm.sum(x, ()), x) and torch.equal(comm.mean(x), x)
     assert D.local(x) is x and not D.is_sharded(x) and D.shard_groups(x) == ()

@@ -13,7 +13,9 @@ What communication an XSAM step needs depends on how the parameters are laid out
   ``DTensor`` shards): the backends work on the local shards (plain tensors, the
   DTensors' own storage), so every reduction is a partial sum; the 1-element
   ``||g||^2`` of an ascent and the 3-element ``[||g||^2, ||d||^2, <d, g>]`` are
-  summed with one all-reduce each over the process group. Search losses are
+  summed with one all-reduce each over the ranks the parameters are sharded
+  over (their mesh's shard dimension: the whole group for FSDP, one replica's
+  ranks for HSDP, whose replicas already hold the same gradients). Search losses are
   averaged as with DDP. A search needs the model (``XSAM(model=...)``, or
   ``second_step(model=...)``): FSDP2's root module keeps its gathered parameters
   after a forward-only pass, so XSAM reshards the FSDP2 modules after each
@@ -22,11 +24,10 @@ What communication an XSAM step needs depends on how the parameters are laid out
   whose state stays DTensors).
 
 ``process_group`` (``XSAM(process_group=...)``) is the data-parallel group over
-which search losses are averaged and the partial sums of sharded parameters
-summed; ``None`` means the default group when ``torch.distributed`` is
-initialised, and no communication otherwise. (HSDP, a 2-D mesh, would need the
-sums over the shard dimension only and the losses over the whole world: not
-supported yet: XSAM raises when a parameter's shards do not span the group.)
+which search losses are averaged; ``None`` means the default group when
+``torch.distributed`` is initialised, and no communication otherwise. Partial
+sums go over each parameter's own shard groups, which must lie within the
+data-parallel group (XSAM raises when the shards span more ranks than it has).
 
 Per-rank perturbation (m-sharpness): run every pass of the step under
 ``ddp_model.no_sync()``, so that each rank ascends along its own gradient, and
@@ -146,28 +147,27 @@ class Communicator:
     def group(self) -> Group | None:
         return resolve_group(self.process_group)
 
-    def is_sharded(self, p: Tensor) -> bool:
-        """:func:`is_sharded`, after checking that summing ``p``'s partial sums over the
-        group is right: the ranks over which ``p`` is sharded must be the whole group
-        (a replicated mesh dimension, as in HSDP, would count the replicas twice)."""
+    def shard_groups(self, p: Tensor) -> tuple[Group, ...]:
+        """:func:`shard_groups` of ``p``, after checking that they lie within the
+        data-parallel group: ``p`` sharded over more ranks than the group has (or a
+        number that does not divide it) means the group is not the one training ``p``."""
         groups = shard_groups(p)
-        if not groups:
-            return False
         sharded_over = 1
         for g in groups:
             sharded_over *= dist.get_world_size(g)
-        if sharded_over != group_size(self.group):
+        size = group_size(self.group)
+        if groups and size % sharded_over:
             raise NotImplementedError(
                 f"a parameter is sharded over {sharded_over} ranks but XSAM's process group has "
-                f"{group_size(self.group)}: pass the shard group as process_group= (HSDP, "
-                "with replicated mesh dimensions, is not supported yet)")
-        return True
+                f"{size}: the shards must lie within the data-parallel group (process_group=)")
+        return groups
 
-    def sum(self, partial: Tensor) -> Tensor:
-        """The sum of ``partial`` over the ranks of the group (one all-reduce; a copy)."""
+    @staticmethod
+    def sum(partial: Tensor, groups: Sequence[Group]) -> Tensor:
+        """The sum of ``partial`` over the ranks of ``groups`` (a shard group per sharded
+        mesh dimension; one all-reduce each; a copy)."""
         total = partial.clone()  # a fresh buffer: the collective writes in place
-        group = self.group
-        if group_size(group) > 1:
+        for group in groups:
             _all_reduce(total, group)
         return total
 

@@ -41,7 +41,7 @@ class _Bucket:
     params: list[Tensor]  # their local tensors, which the backends read and write
     grads: list[Tensor]
     backups: list[Tensor]
-    sharded: bool = False  # FSDP2 shards: partial sums are all-reduced over the process group
+    shards: tuple = ()  # FSDP2: the groups the local shards' partial sums are all-reduced over
     eta: float | None = None  # adaptive (ASAM) tensors: T = |theta_0| + eta; None: T = 1
 
 
@@ -441,14 +441,14 @@ class XSAM(torch.optim.Optimizer):
                     raise RuntimeError("XSAM does not support sparse gradients; use a dense "
                                        "embedding (sparse=False) for the parameters it steps")
                 dense = p.is_contiguous() and g.is_contiguous()
-                sharded = self._comm.is_sharded(owner)
+                shards = self._comm.shard_groups(owner)
                 eta = self._eta_of(owner)
-                key = (gi, p.device, p.dtype, dense, sharded, eta)
+                key = (gi, p.device, p.dtype, dense, shards, eta)
                 bucket = buckets.get(key)
                 if bucket is None:
                     name = self.backend if dense else "reference"
                     bucket = buckets[key] = _Bucket(group, get_backend(name, p.device, p.dtype),
-                                                    [], [], [], [], sharded, eta)
+                                                    [], [], [], [], shards, eta)
                 bucket.owners.append(owner)
                 bucket.params.append(p)
                 bucket.grads.append(g)
@@ -480,15 +480,15 @@ class XSAM(torch.optim.Optimizer):
         return self._total(buckets, parts, (3,))
 
     def _total(self, buckets: list[_Bucket], parts: list[Tensor], shape: tuple[int, ...]) -> Tensor:
-        """Sum of per-bucket partial sums; those of sharded (FSDP2) buckets over the group
-        too (one all-reduce). Replicated (DDP) parameters are never reduced again."""
-        plain = [x for b, x in zip(buckets, parts) if not b.sharded]
-        shards = [x for b, x in zip(buckets, parts) if b.sharded]
-        total = _combine(plain) if plain else None
-        if shards:
-            reduced = self._comm.sum(_combine(shards))
-            total = reduced if total is None else _combine([total, reduced])
-        return total if total is not None else torch.zeros(shape, dtype=torch.float32)
+        """Sum of per-bucket partial sums; those of sharded (FSDP2) buckets are summed over
+        their shard groups too (one all-reduce per group and call). Replicated (DDP)
+        parameters are never reduced again."""
+        by_groups: dict[tuple, list[Tensor]] = {}
+        for b, x in zip(buckets, parts):
+            by_groups.setdefault(b.shards, []).append(x)
+        totals = [_combine(xs) if not groups else self._comm.sum(_combine(xs), groups)
+                  for groups, xs in by_groups.items()]
+        return _combine(totals) if totals else torch.zeros(shape, dtype=torch.float32)
 
     def _unscale(self, buckets: list[_Bucket], scaler: Any, first: bool) -> None:
         """With an enabled GradScaler: unscale this pass's gradients in place."""
@@ -529,7 +529,7 @@ class XSAM(torch.optim.Optimizer):
         forwards = [0]
         # FSDP2: the root keeps stale gathered weights after a forward-only pass
         fsdp = D.fsdp_modules(model if model is not None else getattr(loss_fn, "model", None))
-        if not fsdp and any(b.sharded for b in buckets):
+        if not fsdp and any(b.shards for b in buckets):
             raise ValueError("searching alpha with FSDP2 (sharded) parameters needs the model, "
                              "to reshard it after each search forward: XSAM(model=...), "
                              "second_step(model=...) or search_loss=ModelLoss(model, ...)")
