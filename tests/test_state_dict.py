@@ -6,6 +6,7 @@ import io
 import pytest
 import torch
 
+import xsam_fast
 from conftest import closure_step, make_batches, make_mlp
 from xsam_fast import XSAM
 
@@ -14,28 +15,33 @@ BASES = {
     "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2)),
 }
 N_STEPS, STOP_AT = 6, 3  # searches at step_count 0, 2, 4: the restart lands between two
+BACKENDS = [pytest.param("reference"),
+            pytest.param("cpu", marks=pytest.mark.skipif(
+                "cpu" not in xsam_fast.available_backends(),
+                reason=f"cpu backend unavailable: {xsam_fast.backend_status().get('cpu')}"))]
 
 
-def _build(base_name, fuse=True):
+def _build(base_name, fuse=True, backend="reference"):
     model = make_mlp(torch.float64)
     base, kw = BASES[base_name]
-    opt = XSAM(model.parameters(), base, backend="reference", rho=0.3, steps=2, rho_max=0.5,
+    opt = XSAM(model.parameters(), base, backend=backend, rho=0.3, steps=2, rho_max=0.5,
                alpha=1.0, search_interval=2, model=model, fuse_base_update=fuse, **kw)
     return model, opt
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("base_name", list(BASES))
-def test_resume_is_bit_identical(base_name, fuse):
+def test_resume_is_bit_identical(base_name, fuse, backend):
     batches = make_batches("mlp", N_STEPS)
 
-    model, opt = _build(base_name, fuse)
+    model, opt = _build(base_name, fuse, backend)
     for x, y in batches:
         closure_step(opt, model, x, y, update_alpha=None)
     uninterrupted = [p.detach().clone() for p in model.parameters()]
     assert len(opt.search_history) == 3
 
-    model, opt = _build(base_name, fuse)
+    model, opt = _build(base_name, fuse, backend)
     for x, y in batches[:STOP_AT]:
         closure_step(opt, model, x, y, update_alpha=None)
     opt.param_groups[0]["lr"] *= 0.5  # a changed hyper-parameter travels with the groups
@@ -45,7 +51,7 @@ def test_resume_is_bit_identical(base_name, fuse):
     buffer.seek(0)
     del model, opt
 
-    model, opt = _build(base_name, fuse)
+    model, opt = _build(base_name, fuse, backend)
     state = torch.load(buffer, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
@@ -56,7 +62,7 @@ def test_resume_is_bit_identical(base_name, fuse):
         closure_step(opt, model, x, y, update_alpha=None)
 
     # the uninterrupted run did not halve lr: redo it with the same change
-    model_ref, opt_ref = _build(base_name, fuse)
+    model_ref, opt_ref = _build(base_name, fuse, backend)
     for n, (x, y) in enumerate(batches):
         if n == STOP_AT:
             opt_ref.param_groups[0]["lr"] *= 0.5
