@@ -126,12 +126,6 @@ def _all_reduce(t: Tensor, group: Group) -> None:
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
 
 
-def is_sharded(p: Tensor) -> bool:
-    """Whether ``p`` is a DTensor sharded over more than one rank (its local tensor then
-    holds part of the parameter, and sums over it are partial)."""
-    return bool(shard_groups(p))
-
-
 class Communicator:
     """The collectives of an XSAM step, bound to the optimizer's ``process_group``.
 

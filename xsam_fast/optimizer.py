@@ -92,9 +92,10 @@ class XSAM(torch.optim.Optimizer):
         fuse_base_update: fuse SGD/Adam/AdamW into the interpolation pass (default);
             ``False`` always writes G into ``.grad`` and calls the base ``step()``.
         process_group: the data-parallel ``torch.distributed`` group: search losses are
-            averaged over it (DDP, FSDP2) and the partial sums of sharded (FSDP2,
-            DTensor) parameters summed over it. ``None``: the default group when
-            torch.distributed is initialised, else no communication. See
+            averaged over it (DDP, FSDP2, HSDP); the partial sums of sharded (DTensor)
+            parameters are summed over their own shard groups, which must lie within
+            it. ``None``: the default group when torch.distributed is initialised,
+            else no communication. See
             :mod:`xsam_fast.distributed` and ``docs/distributed_amp.md``.
         adaptive: ASAM's adaptive geometry (Kwon et al., 2021), see below.
         eta: ASAM's offset in ``T = |theta_0| + eta``; must be > 0 (T must be invertible
@@ -430,7 +431,7 @@ class XSAM(torch.optim.Optimizer):
         return state["theta0"]
 
     def _buckets(self) -> list[_Bucket]:
-        buckets: dict[tuple[int, torch.device, torch.dtype, bool, bool, float | None],
+        buckets: dict[tuple[int, torch.device, torch.dtype, bool, tuple, float | None],
                       _Bucket] = {}
         for gi, group in enumerate(self.param_groups):
             for owner in group["params"]:
