@@ -283,7 +283,10 @@ class CompiledXSAM(ForeachXSAM):
         group = self.param_groups[0]
         state = self.base_optimizer.state
         first = "momentum_buffer" not in state[params[0]]
-        bufs = [state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+        if first:  # filled by the compiled update's first step, as torch's SGD does
+            for p in params:
+                state[p]["momentum_buffer"] = torch.empty_like(p)
+        bufs = [state[p]["momentum_buffer"] for p in params]
         return self._compiled_update(
             params, grads, backups, bufs, first, self.alpha, self.eps, group["lr"],
             group["momentum"], group["dampening"], group["nesterov"], group["weight_decay"])
