@@ -7,12 +7,14 @@ every pass itself (multiplying by ``1 / scale``, as ``unscale_`` does, before an
 norm is taken), and decides on skipping from the step's reductions, which it
 computes anyway: a non-finite ``||g||^2`` (ascent) or ``[||g||^2, ||d||^2, <d, g>]``
 (final pass) means an inf or NaN gradient somewhere (on any rank, since sharded
-sums are reduced across the shard group first). Then theta_0 is restored, the base
-optimizer is not touched, and the overflow is recorded in the scaler's
-per-optimizer state, so that the user's ``scaler.update()`` backs the scale off
-exactly as after a ``scaler.step(optimizer)`` that skipped; a finite step records
-"no overflow", so the growth tracker advances. One host read per pass (the
-skip decision), as ``scaler.step`` makes one.
+sums are reduced across the shard group first). The decision stays on the
+device (the step's ``FOUND_INF`` flag): the update kernels then restore theta_0
+and leave the base optimizer's state untouched, and the flag is recorded in the
+scaler's per-optimizer state, so that the user's ``scaler.update()`` backs the
+scale off exactly as after a ``scaler.step(optimizer)`` that skipped; a finite
+step records "no overflow", so the growth tracker advances. No host read
+(except with a base optimizer that is not fused, whose ``step()`` the host must
+decide to call).
 
 Usage: see :meth:`xsam_fast.XSAM.step` (``scaler=``) and ``docs/distributed_amp.md``.
 """
@@ -41,7 +43,6 @@ class ScaledStep:
             raise RuntimeError("the GradScaler has no scale yet: call scaler.scale(loss).backward() "
                                "in the closure (in every pass) before stepping")
         self.scaler = scaler
-        self.found_inf: Tensor | None = None  # 1.0 once a pass overflowed, else 0.0
 
     def unscale_(self, grads: Sequence[Tensor]) -> None:
         """Divide the gradients of the last backward pass by the scale, in place.
@@ -60,20 +61,13 @@ class ScaledStep:
         for (device, _), tensors in by_kind.items():
             torch._foreach_mul_(tensors, inv_scale.to(device))
 
-    def overflow(self, sums: Tensor) -> bool:
-        """Whether ``sums`` (a reduction of this pass's unscaled gradients) is non-finite;
-        remembered for :meth:`record`. One host read."""
-        flag = (~torch.isfinite(sums).all()).to(torch.float32).reshape(())
-        self.found_inf = flag if self.found_inf is None else torch.maximum(self.found_inf, flag)
-        return bool(flag)
-
-    def record(self, optimizer: torch.optim.Optimizer) -> None:
-        """Leave in the scaler what ``scaler.step(optimizer)`` leaves: the overflow flag of
-        this step (read by ``scaler.update()``) and the "stepped" stage."""
-        if self.found_inf is None:  # no pass was checked (the step failed before): record nothing
-            return
+    def record(self, optimizer: torch.optim.Optimizer, found_inf: Tensor) -> None:
+        """Leave in the scaler what ``scaler.step(optimizer)`` leaves: this step's overflow
+        flag (``found_inf``, a 0-d device tensor, read by ``scaler.update()`` on the device)
+        and the "stepped" stage."""
         device = self.scaler._scale.device
         state = self.scaler._per_optimizer_states[id(optimizer)]
-        # a fresh tensor: update() adds the recorded flags in place into the first one
-        state["found_inf_per_device"] = {device: self.found_inf.to(device).clone()}
+        # a fresh (1,) float32 tensor: update() adds the recorded flags in place into the first
+        flag = found_inf.reshape(1).to(device=device, dtype=torch.float32, copy=True)
+        state["found_inf_per_device"] = {device: flag}
         state["stage"] = OptState.STEPPED

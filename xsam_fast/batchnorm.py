@@ -11,8 +11,9 @@ cumulative average divides by that count).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -20,8 +21,9 @@ _SAVED = "_xsam_saved_momentum"
 _SAVED_COUNT = "_xsam_saved_num_batches_tracked"
 
 
-def _bn_layers(model: nn.Module) -> list[_BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+def _bn_layers(model: nn.Module | Sequence[nn.Module]) -> list[_BatchNorm]:
+    modules = model.modules() if isinstance(model, nn.Module) else model
+    return [m for m in modules if isinstance(m, _BatchNorm)]
 
 
 def _freeze(layers: list[_BatchNorm]) -> list[_BatchNorm]:
@@ -57,8 +59,9 @@ def enable_running_stats(model: nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def frozen_running_stats(model: nn.Module | None) -> Iterator[None]:
-    """Freeze BN running statistics inside the block; a no-op for ``model=None``.
+def frozen_running_stats(model: nn.Module | Sequence[nn.Module] | None) -> Iterator[None]:
+    """Freeze BN running statistics inside the block (of a model's BN layers, or of a list
+    of modules); a no-op for ``model=None``.
 
     Layers that were already frozen on entry stay frozen on exit.
     """
@@ -67,3 +70,26 @@ def frozen_running_stats(model: nn.Module | None) -> Iterator[None]:
         yield
     finally:
         _thaw(frozen)
+
+
+@contextlib.contextmanager
+def learn_batchnorm(found: list[nn.Module]) -> Iterator[None]:
+    """Append to ``found`` every BatchNorm layer that runs in training mode with running
+    statistics inside the block (a global forward pre-hook, removed on exit).
+
+    Lets :meth:`xsam_fast.XSAM.step` freeze the running statistics of the model a closure
+    runs without being given the model.
+    """
+    seen: set[int] = set()
+
+    def hook(module: nn.Module, args: object) -> None:
+        if isinstance(module, _BatchNorm) and module.training and module.track_running_stats \
+                and id(module) not in seen:
+            seen.add(id(module))
+            found.append(module)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

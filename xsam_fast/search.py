@@ -3,7 +3,9 @@
 A strategy receives the grid (the authors' ``arange(0, alpha_max + 1e-5,
 alpha_delta)``) and ``evaluate``, a callable that returns the losses at a batch
 of alphas (forward passes only; one host synchronisation per call). It returns
-the chosen alpha and the ``(alpha, loss)`` pairs it evaluated, in grid order.
+the chosen alpha (:func:`~xsam_fast.coefficients.best_alpha`: the first with the
+largest finite loss; None when no loss is finite) and the ``(alpha, loss)`` pairs
+it evaluated, in grid order.
 
 Strategies, by forward passes on the default 21-point grid (0..2 step 0.1):
 
@@ -21,6 +23,8 @@ optimizer can evaluate it at several alphas in one vectorised forward
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -30,16 +34,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .coefficients import best_alpha
 
 Evaluate = Callable[[Sequence[float]], list[float]]
-Strategy = Callable[[Sequence[float], Evaluate], "tuple[float, list[tuple[float, float]]]"]
+Strategy = Callable[[Sequence[float], Evaluate], "tuple[float | None, list[tuple[float, float]]]"]
 
 
-def grid_search(alphas: Sequence[float], evaluate: Evaluate) -> tuple[float, list[tuple[float, float]]]:
+def grid_search(alphas: Sequence[float], evaluate: Evaluate) -> tuple[float | None, list[tuple[float, float]]]:
     """The authors' exhaustive search: every grid point, first strict maximum wins."""
     losses = evaluate(alphas)
     return best_alpha(alphas, losses), list(zip(alphas, losses))
 
 
-def fibonacci_search(alphas: Sequence[float], evaluate: Evaluate) -> tuple[float, list[tuple[float, float]]]:
+def fibonacci_search(alphas: Sequence[float], evaluate: Evaluate) -> tuple[float | None, list[tuple[float, float]]]:
     """Fibonacci search of the grid's maximum, exact when the loss is unimodal in alpha.
 
     Brackets the maximiser with Fibonacci-spaced probes (indices past the grid
@@ -56,7 +60,7 @@ def fibonacci_search(alphas: Sequence[float], evaluate: Evaluate) -> tuple[float
             return float("-inf")
         if i not in cache:
             cache[i] = evaluate([alphas[i]])[0]
-        return cache[i]
+        return _rank(cache[i])
 
     _fibonacci_indices(n, f)
     order = sorted(cache)
@@ -85,7 +89,7 @@ def _fibonacci_indices(n: int, f: Callable[[int], float], offset: int = 0) -> No
 
 
 def coarse_search(alphas: Sequence[float], evaluate: Evaluate, stride: int = 4
-                  ) -> tuple[float, list[tuple[float, float]]]:
+                  ) -> tuple[float | None, list[tuple[float, float]]]:
     """Coarse grid (every ``stride``-th point and the last one, in one ``evaluate`` call), then
     a Fibonacci search strictly between the neighbours of the best coarse point.
 
@@ -98,7 +102,7 @@ def coarse_search(alphas: Sequence[float], evaluate: Evaluate, stride: int = 4
         return grid_search(alphas, evaluate)
     coarse = sorted(set(range(0, n, stride)) | {n - 1})
     cache = dict(zip(coarse, evaluate([alphas[i] for i in coarse])))
-    b = coarse[max(range(len(coarse)), key=lambda j: (cache[coarse[j]], -j))]  # first maximum
+    b = coarse[max(range(len(coarse)), key=lambda j: (_rank(cache[coarse[j]]), -j))]  # 1st max
     j = coarse.index(b)
     lo = coarse[j - 1] if j > 0 else -1
     hi = coarse[j + 1] if j + 1 < len(coarse) else n
@@ -108,13 +112,18 @@ def coarse_search(alphas: Sequence[float], evaluate: Evaluate, stride: int = 4
             return float("-inf")
         if i not in cache:
             cache[i] = evaluate([alphas[i]])[0]
-        return cache[i]
+        return _rank(cache[i])
 
     _fibonacci_indices(hi - lo - 1, f, offset=lo + 1)
     order = sorted(cache)
     picked = [alphas[i] for i in order]
     losses = [cache[i] for i in order]
     return best_alpha(picked, losses), list(zip(picked, losses))
+
+
+def _rank(loss: float) -> float:
+    """A loss as strategies compare it: a non-finite loss ranks below every finite one."""
+    return loss if math.isfinite(loss) else float("-inf")
 
 
 STRATEGIES: dict[str, Strategy] = {"grid": grid_search, "fibonacci": fibonacci_search,
@@ -176,3 +185,99 @@ def _no_running_stats(model: nn.Module) -> Iterator[None]:
     finally:
         for m, mean, var, count in saved:
             m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
+
+
+# ------------------------------------------------------------------ the search of a step
+def rho_max_of(group: dict[str, Any]) -> float:
+    """A group's search radius: ``rho_max``, or ``2 * rho`` when unset."""
+    return group["rho_max"] if group["rho_max"] is not None else 2 * group["rho"]
+
+
+def run_search(opt: Any, plan: Any, loss_fn: Callable[[], Tensor], model: nn.Module | None,
+               ) -> tuple[float | None, list[tuple[float, float]], list[Any], dict[str, Any]]:
+    """Search alpha for the current step of ``opt`` (an :class:`~xsam_fast.XSAM`) with its
+    strategy; returns ``(alpha or None, curve, points, record)``.
+
+    ``alpha`` is None when no loss was finite. ``points`` are the saved ascent points, one
+    packed list per bucket of ``plan``: the parameters are overwritten by the search points
+    (each written by the backend's ``write_point``), so the ascent point is kept in a
+    temporary copy (the only parameter-sized allocation of a step, and only of a step that
+    searches). ``record`` is the :attr:`~xsam_fast.XSAM.search_history` entry. BatchNorm
+    statistics of ``model`` (or of the search loss's model) are the caller's to freeze.
+    """
+    from . import coefficients
+    from . import distributed as D
+    from .backends.base import EPS, SUMS
+
+    sc = opt._stepper.scalars.on(plan.devices[0])
+    psi, norm_g, norm_d = coefficients.angle(sc[SUMS], sc[EPS])
+    alphas = coefficients.alpha_grid(opt.alpha_max, opt.alpha_delta)
+    grid = torch.tensor(alphas, dtype=torch.float64, device=sc.device)
+    coeffs = [coefficients.interpolation_coefficients(rho_max_of(b.group), grid, psi, norm_g,
+                                                      norm_d, sc[EPS]).to(b.device)
+              for b in plan.buckets]
+    points = [b.kernels.pack([p.detach().clone() for p in b.locals], like=b.params)
+              for b in plan.buckets]
+    index = {a: k for k, a in enumerate(alphas)}
+    names = _batch_names(opt.search_batch, plan, loss_fn)
+    forwards = [0]
+    fsdp = D.fsdp_modules(model if model is not None else getattr(loss_fn, "model", None))
+    if not fsdp and plan.sharded:
+        raise ValueError("searching alpha with FSDP2 (sharded) parameters needs the model, "
+                         "to reshard it after each search forward: XSAM(model=...), "
+                         "second_step(model=...) or search_loss=ModelLoss(model, ...)")
+
+    def evaluate(batch: Sequence[float]) -> list[float]:
+        losses = []
+        if names is not None:  # search_batch points per vectorised forward
+            for start in range(0, len(batch), opt.search_batch):
+                chunk = [index[a] for a in batch[start:start + opt.search_batch]]
+                stacked = {names[id(p)]: _stacked_points(p, x, b0, g, co[chunk], b.eta)
+                           for b, pts, co in zip(plan.buckets, points, coeffs)
+                           for p, x, b0, g in zip(b.locals, pts, b.backups, b.grads)}
+                losses.extend(loss_fn.batched(stacked).detach().reshape(-1).unbind(0))
+                forwards[0] += 1
+        else:
+            for a in batch:
+                for b, pts, co in zip(plan.buckets, points, coeffs):
+                    with b.guard():
+                        b.kernels.write_point(b.params, pts, b.backups, b.grads, co[index[a]],
+                                              eta=b.eta)
+                losses.append(loss_fn().detach().reshape(()).to(sc.device))
+                D.reshard(fsdp)
+                forwards[0] += 1
+        # averaged over the data-parallel group (one all-reduce per call of the strategy),
+        # then one host synchronisation per batch
+        return opt._comm.mean(torch.stack(losses)).tolist()
+
+    start_time = time.perf_counter()
+    alpha, curve = STRATEGIES[opt.search](alphas, evaluate)
+    psi_f, norm_g_f, norm_d_f = torch.stack([psi, norm_g, norm_d]).tolist()
+    record = dict(step=opt.step_count, alpha=opt.alpha if alpha is None else alpha, curve=curve,
+                  strategy=opt.search, evaluations=len(curve), forwards=forwards[0],
+                  time_s=time.perf_counter() - start_time, psi=psi_f, grad_norm=norm_g_f,
+                  d_norm=norm_d_f)
+    return alpha, curve, points, record
+
+
+def _batch_names(search_batch: int, plan: Any, loss_fn: Callable[[], Tensor]
+                 ) -> dict[int, str] | None:
+    """Parameter names for a batched search, or None for the sequential one (search_batch 1,
+    a search loss that is not a :class:`ModelLoss`, or parameters outside its model)."""
+    if search_batch == 1 or not isinstance(loss_fn, ModelLoss):
+        return None
+    names = {id(p): n for n, p in loss_fn.model.named_parameters()}
+    if any(id(p) not in names for b in plan.buckets for p in b.locals):
+        return None
+    return names
+
+
+def _stacked_points(p: Tensor, point: Tensor, backup: Tensor, grad: Tensor, coeffs: Tensor,
+                    eta: float | None) -> Tensor:
+    """The K search points of one parameter, stacked (K, *p.shape); ``coeffs`` is (K, 2).
+    The reference backend's ``write_point`` arithmetic, broadcast over K."""
+    from .backends.reference import search_point
+
+    shape = (-1,) + (1,) * p.dim()
+    return search_point(point, backup, grad, coeffs[:, 0].reshape(shape),
+                        coeffs[:, 1].reshape(shape), eta).to(p.dtype)

@@ -27,6 +27,18 @@ def _t(theta0: Tensor, eta: float) -> Tensor:
     return _wide(theta0).abs() + eta
 
 
+def search_point(point: Tensor, backup: Tensor, grad: Tensor, c_d: Tensor, c_g: Tensor,
+                 eta: float | None) -> Tensor:
+    """``theta_0 + (c_d d + c_g g)`` (ASAM: ``c_g T^2 g``) in the accumulation dtype;
+    ``c_d``, ``c_g`` broadcast against the tensors (0-d, or (K, 1, ...) for K points)."""
+    d = _wide(point) - _wide(backup)
+    g = _wide(grad)
+    if eta is not None:
+        t = _t(backup, eta)
+        g = (t * t) * g
+    return _wide(backup) + (c_d * d + c_g * g)
+
+
 def _store(out: Tensor, value: Tensor, found: Tensor | None = None,
            old: Tensor | None = None) -> None:
     """``out <- value``, or ``out <- old`` (``out`` itself when None) where ``found`` is set."""
@@ -118,12 +130,7 @@ class ReferenceBackend(Backend):
             return
         co = coeffs.to(accumulation_dtype(out[0].dtype))
         for o, x, b, g in zip(out, points, backups, grads):
-            d = _wide(x) - _wide(b)
-            gw = _wide(g)
-            if eta is not None:
-                t = _t(b, eta)
-                gw = (t * t) * gw
-            o.copy_(_wide(b) + (co[0] * d + co[1] * gw))
+            o.copy_(search_point(x, b, g, co[0], co[1], eta))
 
     def write_grad_restore(self, params, points, backups, grads, coeffs, *, eta=None):
         if not len(params):
