@@ -92,6 +92,11 @@ def closure_step(opt, model: nn.Module, x, y, update_alpha: bool | None = False)
     return opt.step(closure, search_loss=lambda: criterion(model(x), y), update_alpha=update_alpha)
 
 
+def buckets_of(opt) -> list:
+    """The buckets the optimizer's step plan makes of the parameters that have a gradient."""
+    return opt._stepper.prepare(opt.fuse_base_update).buckets
+
+
 def params_of(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 

@@ -168,10 +168,13 @@ def test_no_search_without_search_loss(mlp64, batches64):
         loss.backward()
         return loss
 
-    opt.step(closure)
-    assert opt.search_history == [] and opt.alpha == 0.7
+    with pytest.raises(ValueError, match="search_loss"):  # a search is due: loud, not skipped
+        opt.step(closure)
+    assert opt.search_history == [] and opt.alpha == 0.7 and opt.step_count == 0
     with pytest.raises(ValueError, match="search_loss"):
         opt.step(closure, update_alpha=True)
+    opt.step(closure, update_alpha=False)  # this step asked for no search
+    assert opt.step_count == 1
 
 
 def test_step_returns_first_loss_and_needs_closure(mlp64, batches64):
@@ -184,7 +187,7 @@ def test_step_returns_first_loss_and_needs_closure(mlp64, batches64):
 
 
 def test_state_holds_theta0_only(mlp64, batches64):
-    opt = _opt(mlp64, momentum=0.9)
+    opt = _opt(mlp64, momentum=0.9, steps=2)
     for x, y in batches64[:2]:
         authors_step(opt, mlp64, x, y, 2, update_alpha=True)
     for p in mlp64.parameters():
@@ -214,7 +217,7 @@ def test_frozen_and_unused_params_never_move(fuse, batches64):
     model = _TwoBranch()
     model.use_b = False
     opt = XSAM(model.parameters(), torch.optim.SGD, backend="reference", rho=0.3, lr=0.1,
-               momentum=0.9, weight_decay=1e-2, fuse_base_update=fuse)
+               momentum=0.9, weight_decay=1e-2, fuse_base_update=fuse, steps=2)
     frozen, unused, used = (params_of(model.frozen), params_of(model.b), params_of(model.a))
     for x, y in batches64:
         authors_step(opt, model, x, y, 2, update_alpha=True)
@@ -289,13 +292,16 @@ def test_param_with_gradient_only_at_the_ascent_point(batches64):
 
 
 @pytest.mark.parametrize("capturable", [False, True])
-def test_capturable_adam_steps_through_torch(capturable, mlp64, batches64):
-    """``capturable=True`` (torch's flag for CUDA-graph capture) sends AdamW through the
-    generic path: G is written into ``.grad`` and torch's own (capturable) step runs;
-    otherwise the update is fused and the base ``step()`` is never called."""
+def test_adamw_is_fused_capturable_or_not(capturable, mlp64, batches64):
+    """AdamW's bias corrections come from per-tensor step counts on the device, so
+    ``capturable=True`` (torch's flag for CUDA-graph capture) is fused like the default:
+    the base ``step()`` never runs, and the step counts advance on the device."""
     opt = XSAM(mlp64.parameters(), torch.optim.AdamW, lr=0.01, rho=0.2, capturable=capturable)
     calls = []
-    # (torch's capturable Adam refuses CPU tensors: count the calls instead)
     opt.base_optimizer.step = lambda closure=None: calls.append(closure)
     closure_step(opt, mlp64, *batches64[0])
-    assert len(calls) == (1 if capturable else 0)
+    closure_step(opt, mlp64, *batches64[1])
+    assert calls == []
+    for p in mlp64.parameters():
+        step = opt.base_optimizer.state[p]["step"]
+        assert step.device == p.device and float(step) == 2.0

@@ -21,6 +21,7 @@ from torch import nn
 
 import xsam_fast
 from xsam_fast import XSAM
+from conftest import buckets_of
 from xsam_float64 import Float64XSAM, _dot, _norm
 
 ETA = 0.01
@@ -240,7 +241,7 @@ def test_non_adaptive_tensors_are_plain_xsam_bit_for_bit(backend, dtype):
                 loss.backward()
                 return loss
             opt.step(closure, search_loss=lambda: _loss(model, x, y), update_alpha=True)
-        assert all(b.eta is None for b in opt._buckets())
+        assert all(b.eta is None for b in buckets_of(opt))
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
         assert torch.equal(a, b)
@@ -250,13 +251,13 @@ def test_buckets_split_by_adaptivity():
     model = _model()
     _loss(model, *_data()).backward()
     weights_only = XSAM(model.parameters(), adaptive=True, eta=0.05, backend="reference", lr=0.1)
-    etas = {id(p): b.eta for b in weights_only._buckets() for p in b.params}
+    etas = {id(p): b.eta for b in buckets_of(weights_only) for p in b.owners}
     assert [etas[id(p)] for p in model.parameters()] == [0.05, None, None, None, 0.05, None]
     every = XSAM(model.parameters(), adaptive=True, adaptive_weights_only=False,
                  backend="reference", lr=0.1)
-    assert {b.eta for b in every._buckets()} == {ETA}
+    assert {b.eta for b in buckets_of(every)} == {ETA}
     plain = XSAM(model.parameters(), backend="reference", lr=0.1)
-    assert {b.eta for b in plain._buckets()} == {None}
+    assert {b.eta for b in buckets_of(plain)} == {None}
 
 
 @pytest.mark.parametrize("eta", [-0.1, float("nan"), float("inf")])
@@ -310,7 +311,7 @@ def test_cpu_backend_matches_reference(case, dtype):
         model = _model(dtype)
         opt = _run_package(model, x, y, 3, search=search, backend=backend, base=base, rho=0.5,
                            alpha=0.8, adaptive_weights_only=False, alpha_delta=0.5, **kw)
-        assert {b.backend.name for b in opt._buckets()} == {backend}
+        assert {b.kernels.name for b in buckets_of(opt)} == {backend}
         models.append((model, opt))
     (m1, o1), (m2, o2) = models
     tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)

@@ -106,7 +106,8 @@ def test_parallel_gradient_and_displacement_give_no_nan(dtype):
     (theta * c).sum().backward()
     opt.second_step()
     assert torch.isfinite(theta).all()
-    assert opt.stats()["psi"] == 0.0
+    # the angle is taken in float64 from the float32 sums: tiny, or exactly 0
+    assert opt.stats()["psi"] < 1e-3
     c64, d64 = c.double(), d.double()
     v0 = d64 / (d64.norm() + eps)
     v1 = c64 / (c64.norm() + eps)
@@ -190,17 +191,18 @@ def _snapshot(opt):
 def test_nonfinite_warn_restores_and_skips(bad_pass, value, base):
     model, opt, closure = _good_then_bad(bad_pass, value, steps=2, nonfinite="warn", base=base)
     start, buffers, count = params_of(model), _snapshot(opt), opt.step_count
-    with pytest.warns(RuntimeWarning, match="non-finite"):
-        opt.step(closure)
+    opt.step(closure)  # decided on the device: no warning until the host reads the count
     for p, s in zip(model.parameters(), start):
         assert torch.equal(p, s)
     after = _snapshot(opt)
     assert after.keys() == buffers.keys()
     assert all(torch.equal(after[k], buffers[k]) for k in after)
-    assert opt.step_count == count and opt.last_stats["skipped"] is True
+    with pytest.warns(RuntimeWarning, match="1 step.*skipped"):
+        stats = opt.stats()
+    assert opt.step_count == count + 1 and stats["skipped"] and stats["skipped_steps"] == 1
     # the next good step runs normally
     closure_step(opt, model, *make_batches("mlp", 1, seed=5)[0])
-    assert opt.step_count == count + 1
+    assert opt.step_count == count + 2 and not opt.stats()["skipped"]
 
 
 @pytest.mark.parametrize("bad_pass", [0, 1, 2], ids=["first-pass", "second-ascent", "final"])
@@ -226,11 +228,12 @@ def test_nonfinite_warn_in_authors_sequence():
     opt.first_step(0)
     opt.zero_grad()
     (criterion(model(x), y) * math.inf).backward()
-    with pytest.warns(RuntimeWarning, match="non-finite"):
-        assert opt.second_step() is None
+    opt.second_step()
     for p, s in zip(model.parameters(), start):
         assert torch.equal(p, s)
     assert not opt.base_optimizer.state
+    with pytest.warns(RuntimeWarning, match="1 step.*skipped"):
+        assert opt.stats()["skipped"]
 
 
 # ---------------------------------------------------------------- exceptions

@@ -95,7 +95,9 @@ def test_interval_trajectory_matches_float64(model_name, base, backend):
 
 
 def test_interval_plain_step_is_the_base_step(mlp64):
-    """A plain step is exactly the base optimizer's step on the closure's gradient."""
+    """A plain step is the base optimizer's step on the closure's gradient (run by the
+    fused kernel, whose separate roundings differ from torch's fused multiply-adds by
+    an ulp at most)."""
     twin = float64_copy(mlp64)
     opt = XSAM(mlp64.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, interval=2,
                backend="reference")
@@ -110,7 +112,7 @@ def test_interval_plain_step_is_the_base_step(mlp64):
     criterion(twin(x), y).backward()
     sgd.step()
     for p, q in zip(mlp64.parameters(), twin.parameters()):
-        assert torch.equal(p, q)
+        torch.testing.assert_close(p, q, rtol=1e-15, atol=1e-16)
 
 
 @pytest.mark.parametrize("cut", [4, 5])
@@ -134,7 +136,7 @@ def test_interval_state_dict_resume_keeps_the_phase(cut):
     torch.save({"model": model_b.state_dict(), "opt": opt_b.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, map_location="cpu", weights_only=False)
-    assert saved["opt"]["xsam"]["base_steps"] == opt_b.base_steps == cut - (cut + 2) // 3
+    assert saved["opt"]["param_groups"][0]["xsam"]["base_steps"] == opt_b.base_steps == cut - (cut + 2) // 3
     model_c = make_mlp(seed=1)
     model_c.load_state_dict(saved["model"])
     opt_c = build(model_c)

@@ -61,9 +61,11 @@ def _div(num: Tensor, den: Tensor) -> Tensor:
                        torch.zeros_like(num))
 
 
-def ascent_scale(sumsq: Tensor, radius: Tensor, eps: Tensor | float) -> Tensor:
+def ascent_scale(sumsq: Tensor, radius: Tensor | float, eps: Tensor | float) -> Tensor:
     """``radius / (||g|| + eps)`` from ``sumsq = ||g||^2`` (0-d tensors); 0 when the
     denominator is 0."""
+    if not isinstance(radius, Tensor):
+        radius = torch.full_like(sumsq, radius)
     return _div(radius, sumsq.sqrt() + eps)
 
 

@@ -117,7 +117,10 @@ class XSAM(torch.optim.Optimizer):
         rho = V.number("rho", rho, minimum=0)
         rho_max = None if rho_max is None else V.number("rho_max", rho_max, minimum=0)
         eps = V.number("eps", eps, minimum=0)
-        eta = V.number("eta", eta, positive=True) if adaptive else V.number("eta", eta, minimum=0)
+        eta = V.number("eta", eta, minimum=0)
+        if adaptive and eta == 0:
+            raise ValueError("adaptive=True needs eta > 0: T = |theta_0| + eta must not vanish "
+                             "where a weight is 0 (the step divides by T^2)")
         if nonfinite not in ("warn", "raise", "none"):
             raise ValueError(f"nonfinite must be 'warn', 'raise' or 'none', got {nonfinite!r}")
         if search not in STRATEGIES:
@@ -359,7 +362,7 @@ class XSAM(torch.optim.Optimizer):
                              "callable")
         self._in_step = True
         try:
-            loss = self._closure(closure, learn=self.model is None)
+            loss = self._closure(closure, learn=self.model is None and self._bn_layers is None)
             with frozen_running_stats(self._bn_modules()):
                 self.first_step(0, scaler=scaler)
                 for i in range(1, self.steps):
@@ -376,8 +379,9 @@ class XSAM(torch.optim.Optimizer):
         return loss
 
     def _closure(self, closure: Callable[[], Tensor], learn: bool = False) -> Tensor:
-        """One pass: gradients cleared, then ``closure()`` with gradients enabled (the
-        first pass, without ``model=``, learns the BatchNorm layers that run in it)."""
+        """One pass: gradients cleared, then ``closure()`` with gradients enabled (with
+        ``learn``, the BatchNorm layers that run in it are learned, for steps without
+        ``model=``: done in the first step)."""
         self.zero_grad()
         with torch.enable_grad():
             if not learn:
@@ -416,6 +420,7 @@ class XSAM(torch.optim.Optimizer):
         if not self._stepper.update(plan, points, plain=plain):  # the generic base step
             if not (check and self._stepper.found_inf(plan)):
                 hooks.unhooked_step(base)()
+        base._opt_called = True  # type: ignore[attr-defined]  (LR schedulers check it)
         if fire:
             hooks.fire_post(base, global_hooks=False)
 
