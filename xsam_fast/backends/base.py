@@ -156,9 +156,10 @@ def is_dense(t: Tensor) -> bool:
 
 def check_layout(tensors: Sequence[Tensor], like: Sequence[Tensor] | None, *,
                  dense: bool) -> None:
-    """Raise :class:`LayoutError` unless ``tensors`` share one device and dtype, are
-    dense and non-overlapping (if ``dense``), and match ``like`` index for index in
-    device, dtype, shape and strides. For packing; O(len(tensors)) in Python."""
+    """Raise :class:`LayoutError` unless ``tensors`` share one device and dtype and match
+    ``like`` index for index in device and shape; with ``dense``, they must also be dense
+    and non-overlapping and have ``like``'s strides (the fast backends step memory in
+    order). For packing; O(len(tensors)) in Python."""
     if not tensors:
         if like:
             raise LayoutError(f"0 tensors, {len(like)} expected")
@@ -175,7 +176,7 @@ def check_layout(tensors: Sequence[Tensor], like: Sequence[Tensor] | None, *,
                               "not dense and non-overlapping")
         if like is not None:
             ref = like[i]
-            if t.shape != ref.shape or t.stride() != ref.stride() or t.device != ref.device:
+            if t.shape != ref.shape or t.device != ref.device or (dense and t.stride() != ref.stride()):
                 raise LayoutError(f"tensor {i}: shape {tuple(t.shape)}, strides {t.stride()} on "
                                   f"{t.device}; expected {tuple(ref.shape)}, {ref.stride()} on "
                                   f"{ref.device}")
