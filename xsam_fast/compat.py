@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 import torch
 
+from . import validation as V
 from .optimizer import XSAM as _XSAM
 
 
@@ -19,8 +20,8 @@ class XSAM(_XSAM):
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer],
                  steps: int, rho: float, rho_max: float, alpha: float, alpha_max: float,
                  alpha_delta: float, eps: float, **kwargs: Any) -> None:
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        steps = V.integer("steps", steps, minimum=1)
+        rho = V.number("rho (the length of one ascent step here)", rho, minimum=0)
         super().__init__(params, base_optimizer, rho=rho * steps, steps=steps, rho_max=rho_max,
                          alpha=alpha, alpha_max=alpha_max, alpha_delta=alpha_delta, eps=eps,
                          **kwargs)
