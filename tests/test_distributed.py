@@ -18,6 +18,8 @@ process on the global batch (or per shard):
   equal to the average of the per-shard single-process steps.
 * HSDP (2 replicas x 2 shards, four processes): equal to the global-batch run;
   partial sums over the shard group only.
+* torch.distributed.checkpoint under FSDP2 (``dcp_resume.py``): a resumed run equals the
+  uninterrupted one bit for bit.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+import dcp_resume
 import xsam_fast
 import xsam_fast.distributed as D
 from xsam_fast import XSAM
@@ -148,7 +151,7 @@ def _counting_recorder(out: dict[str, Any]):
     return recorder
 
 
-def _scenarios(rank: int) -> dict[str, Any]:
+def _scenarios(rank: int, out_dir: str) -> dict[str, Any]:
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -209,10 +212,21 @@ def _scenarios(rank: int) -> dict[str, Any]:
         xsam_run(model, batch, base="plain_sgd", search=False, alpha=0.5, n_steps=2,
                  base_cls=D.grad_averaging(torch.optim.SGD), on_step=on_step)
     rec["params"] = [_full(p) for p in model.module.parameters()]
+
+    # torch.distributed.checkpoint under FSDP2: save mid-run, resume in fresh objects
+    for base in dcp_resume.BASES:
+        model = dcp_resume.make_model()
+        fully_shard(model)
+        ckpt = os.path.join(out_dir, f"dcp-{base}")
+        saved = dcp_resume.run("save", ckpt, base, model, full=_full)
+        model = dcp_resume.make_model()
+        fully_shard(model)
+        out[f"dcp-{base}"] = dict(uninterrupted=saved,
+                                  resumed=dcp_resume.run("load", ckpt, base, model, full=_full))
     return out
 
 
-def _hsdp_scenarios(rank: int) -> dict[str, Any]:
+def _hsdp_scenarios(rank: int, out_dir: str) -> dict[str, Any]:
     """HSDP on four ranks: two replicas of a model sharded over two ranks each."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -239,7 +253,7 @@ def _worker(rank: int, port: int, out_dir: str, scenarios: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        torch.save(run(rank), os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(run(rank, out_dir), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -383,6 +397,22 @@ def test_hsdp_equals_global_batch_run(hsdp_ranks, backend):
     assert hsdp_ranks[0][name]["alphas"] == alphas
     _assert_close(hsdp_ranks[0][name]["params"], params, name)
     assert hsdp_ranks[0][name]["calls"] == [3] * STEPS
+
+
+@pytest.mark.parametrize("base", list(dcp_resume.BASES))
+def test_fsdp2_dcp_resume_is_bit_identical(ranks, base):
+    """FSDP2 + torch.distributed.checkpoint: get_optimizer_state_dict -> dcp.save ->
+    fresh model and optimizer -> get_optimizer_state_dict -> dcp.load ->
+    set_optimizer_state_dict, then training on equals the uninterrupted run."""
+    for rank in ranks:
+        run = rank[f"dcp-{base}"]
+        for a, b in zip(run["resumed"]["params"], run["uninterrupted"]["params"]):
+            assert torch.equal(a, b)
+        for key in ("alpha", "step_count", "base_steps", "searches"):
+            assert run["resumed"][key] == run["uninterrupted"][key], key
+        assert run["resumed"]["searches"] == [0, 2, 3]
+    for a, b in zip(*(r[f"dcp-{base}"]["resumed"]["params"] for r in ranks)):
+        assert torch.equal(a, b)  # full tensors: the same on both ranks
 
 
 def test_no_group_without_torch_distributed():

@@ -16,7 +16,7 @@ from torch import nn
 
 import xsam_fast
 from conftest import criterion, make_batches, make_cnn_bn, make_mlp, params_of
-from xsam_fast import XSAM
+from xsam_fast import XSAM, checkpoint
 from xsam_fast.compat import XSAM as CompatXSAM
 
 
@@ -345,7 +345,7 @@ def test_checkpoint_history_is_bounded():
     for _ in range(HISTORY_IN_CHECKPOINT + 5):
         opt.step(_closure(opt, model, x, y), search_loss=lambda: criterion(model(x), y),
                  update_alpha=True)
-    saved = opt.state_dict()["param_groups"][0]["xsam"]["search_history"]
+    saved = checkpoint.read(opt.state_dict())["search_history"]
     assert len(saved) == HISTORY_IN_CHECKPOINT
     assert saved[-1]["step"] == opt.search_history[-1]["step"]
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import xsam_fast
+from xsam_fast import checkpoint
 from conftest import closure_step, make_batches, make_mlp
 from xsam_fast import XSAM
 
@@ -87,8 +88,7 @@ def test_alpha_and_step_count_matter_on_resume(base_name):
     for x, y in batches[:STOP_AT]:
         closure_step(opt, model, x, y, update_alpha=None)
     sd = opt.state_dict()
-    group = sd["param_groups"][0]
-    group["xsam"] = dict(group["xsam"], alpha=1.0, step_count=0)
+    checkpoint.write(sd, dict(checkpoint.read(sd), alpha=1.0, step_count=0))
     model2, opt2 = _build(base_name)
     model2.load_state_dict(model.state_dict())
     opt2.load_state_dict(sd)
@@ -107,5 +107,5 @@ def test_state_dict_has_no_theta0_and_keeps_groups():
     group = sd["param_groups"][0]
     assert group["rho"] == 0.3 and group["rho_max"] == 0.5 and group["momentum"] == 0.9
     assert "xsam" not in sd  # kept where every checkpoint route keeps it: a param group
-    xsam = group["xsam"]
+    xsam = checkpoint.read(sd)
     assert xsam["step_count"] == 1 and len(xsam["search_curve"]) == 21

@@ -227,7 +227,7 @@ class XSAM(torch.optim.Optimizer):
         step: the way back after an exception between :meth:`first_step` and
         :meth:`second_step` (``try: ... except: opt.restore_param(); raise``)."""
         self._stepper.restore()
-        self._end_step()
+        self._end_step(completed=False)
 
     @torch.no_grad()
     def first_step(self, step: int = 0, *, zero_grad: bool = False, scaler: Any = None) -> None:
@@ -242,8 +242,7 @@ class XSAM(torch.optim.Optimizer):
         """
         stepper = self._stepper
         if stepper.ascents >= self.steps:
-            stepper.restore()
-            self._end_step()
+            self.restore_param()
             raise RuntimeError(f"first_step() called {self.steps + 1} times in one step with "
                                f"steps={self.steps}: call second_step() after the last ascent "
                                "(theta_0 restored)")
@@ -512,27 +511,30 @@ class XSAM(torch.optim.Optimizer):
         if self.nonfinite == "none":
             return
         if count is None:
-            skipped = self._skipped_tensor()
-            count = 0.0 if skipped is None else float(skipped)
+            count = self.skipped_steps()
         if count > self._reported_skips:
             warnings.warn(f"XSAM: {int(count - self._reported_skips)} step(s) skipped since the "
                           f"last report ({int(count)} in all): a non-finite gradient, sum or "
                           "coefficient; theta_0 was kept", RuntimeWarning, stacklevel=3)
             self._reported_skips = count
 
-    def _skipped_tensor(self) -> Tensor | None:
+    def skipped_steps(self) -> int:
+        """Steps skipped so far because of a non-finite value (one host read)."""
         sc = self._stepper.scalars.first()
-        return None if sc is None else sc[SKIPPED].clone()
+        return 0 if sc is None else int(sc[SKIPPED])
 
-    def _restore_skipped(self, count: Tensor) -> None:
+    def _restore_skipped(self, count: int) -> None:
         self._reported_skips = float(count)
-        self._stepper.scalars.set(SKIPPED, self._reported_skips)
+        self._stepper.scalars.set(SKIPPED, float(count))
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state dict, with XSAM's state (alpha, counters, pending
-        search, recent searches) in the first param group (see :mod:`xsam_fast.checkpoint`)."""
-        return checkpoint.state_dict(self)
+        search, recent searches) in the first param group (see :mod:`xsam_fast.checkpoint`).
+        Reads the skipped-step count (one host read) and warns if steps were skipped."""
+        sd = checkpoint.state_dict(self)
+        self._report_skips()
+        return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict of this class, of an earlier version, or of the base optimizer
@@ -556,15 +558,25 @@ class XSAM(torch.optim.Optimizer):
     # ------------------------------------------------------------------ internals
     def _init_state(self) -> None:
         """``step()`` without a closure: torch.distributed.checkpoint's state initialisation
-        (zero gradients, every learning rate 0). Creates the base optimizer's state."""
-        lrs = [g.get("lr", 0.0) for g in self.param_groups]
-        if not all(float(lr) == 0.0 for lr in lrs):
+        (zero gradients, every learning rate 0). The base optimizer steps the parameters
+        that have no state yet, creating it; parameters that have state keep it as it is
+        (torch calls this again before loading into an optimizer it just initialised)."""
+        if not all(float(g.get("lr", 0.0)) == 0.0 for g in self.param_groups):
             raise ValueError(
                 "XSAM.step needs a closure (it runs the forward and backward passes "
                 "steps + 1 times: zero_grad, loss = ..., loss.backward(), return loss), or call "
                 "first_step() and second_step() after each backward pass yourself")
-        with torch.no_grad():
-            hooks.unhooked_step(self.base_optimizer)()
+        base = self.base_optimizer
+        held = {p: p.grad for g in self.param_groups for p in g["params"] if base.state.get(p)}
+        try:
+            for p in held:
+                p.grad = None  # torch optimizers skip parameters without a gradient
+            with torch.no_grad():
+                hooks.unhooked_step(base)()
+        finally:
+            for p, grad in held.items():
+                p.grad = grad
+        self._stepper.invalidate()
 
     def _begin(self) -> None:
         """Fire the step pre-hooks at the start of a manual-API step."""
@@ -572,9 +584,11 @@ class XSAM(torch.optim.Optimizer):
         if stepper.ascents == 0 and not stepper.backed and not self._in_step:
             hooks.fire_pre(self)
 
-    def _end_step(self) -> None:
+    def _end_step(self, completed: bool = True) -> None:
+        """Forget the step's backups; a completed manual-API step fires the post-hooks
+        (as torch's wrapper does for step(), not after an exception)."""
         stepper = self._stepper
-        began = stepper.ascents > 0 or bool(stepper.backed)
+        began = completed and (stepper.ascents > 0 or bool(stepper.backed))
         if self._amp is not None:  # tell the GradScaler what scaler.step would have
             plan = stepper.plan
             if plan is not None:

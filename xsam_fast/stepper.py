@@ -43,9 +43,8 @@ class DeviceScalars:
         return sc
 
     def set(self, index: int, value: float) -> None:
-        """Write a host value (alpha, eps, max_norm) into every device's vector."""
-        if self._fixed.get(index) == value:
-            return
+        """Write a host value (alpha, eps, max_norm, a restored count) into every device's
+        vector, and into those made later."""
         self._fixed[index] = value
         for sc in self._vectors.values():
             sc[index] = value
