@@ -94,7 +94,7 @@ def closure_step(opt, model: nn.Module, x, y, update_alpha: bool | None = False)
 
 def buckets_of(opt) -> list:
     """The buckets the optimizer's step plan makes of the parameters that have a gradient."""
-    return opt._stepper.prepare(opt.fuse_base_update).buckets
+    return opt._stepper.prepare().buckets
 
 
 def params_of(model: nn.Module) -> list[torch.Tensor]:

@@ -71,3 +71,16 @@ class ScaledStep:
         flag = found_inf.reshape(1).to(device=device, dtype=torch.float32, copy=True)
         state["found_inf_per_device"] = {device: flag}
         state["stage"] = OptState.STEPPED
+
+
+def unscale_pass(opt: Any, plan: Any, scaler: Any, first: bool) -> None:
+    """With an enabled GradScaler: unscale this backward pass's gradients in place (the
+    step's :class:`ScaledStep` starts at its first pass)."""
+    enabled = scaler_enabled(scaler)
+    if opt._amp is None and enabled and first:
+        opt._amp = ScaledStep(scaler)
+    if enabled != (opt._amp is not None) or (enabled and scaler is not opt._amp.scaler):
+        raise ValueError("pass the same enabled GradScaler (scaler=...) to every first_step() "
+                         "and second_step() of a step, or to none of them")
+    if opt._amp is not None:
+        opt._amp.unscale_([g for b in plan.buckets for g in b.grads])

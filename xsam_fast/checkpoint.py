@@ -19,6 +19,10 @@ import copy
 import json
 from typing import Any
 
+import torch
+
+from . import hooks
+
 #: search records kept in a checkpoint (the newest ones)
 HISTORY_IN_CHECKPOINT = 100
 KEY = "xsam"
@@ -87,3 +91,58 @@ def restore(opt: Any, extra: dict[str, Any] | str) -> None:
     opt.search_curve = [tuple(x) for x in extra.get("search_curve", [])]
     opt.search_history = list(copy.deepcopy(extra.get("search_history", [])))
     opt._restore_skipped(int(extra.get("skipped_steps", 0)))
+
+
+class CheckpointMixin:
+    """``state_dict``/``load_state_dict``, pickling and deep copies of :class:`~xsam_fast.XSAM`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict, with XSAM's state (alpha, counters, pending
+        search, recent searches) in the first param group (see :mod:`xsam_fast.checkpoint`).
+        Reads the skipped-step count (one host read) and warns if steps were skipped."""
+        sd = state_dict(self)
+        self._report_skips()
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of this class, of an earlier version, or of the base optimizer
+        class alone (groups then keep their current ``rho``/``rho_max``)."""
+        base_sd, extra = split(state_dict, self.param_groups)
+        self.base_optimizer.load_state_dict(base_sd)
+        self.param_groups = self.base_optimizer.param_groups
+        self._stepper.invalidate()
+        if extra is not None:
+            restore(self, extra)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_stepper")  # plans and device scalars are rebuilt on use
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from .stepper import Stepper
+
+        super().__setstate__(state)  # type: ignore[misc]
+        self._stepper = Stepper(self)
+
+    def _init_state(self) -> None:
+        """``step()`` without a closure: torch.distributed.checkpoint's state initialisation
+        (zero gradients, every learning rate 0). The base optimizer steps the parameters
+        that have no state yet, creating it; parameters that have state keep it as it is
+        (torch calls this again before loading into an optimizer it just initialised)."""
+        if not all(float(g.get("lr", 0.0)) == 0.0 for g in self.param_groups):
+            raise ValueError(
+                "XSAM.step needs a closure (it runs the forward and backward passes "
+                "steps + 1 times: zero_grad, loss = ..., loss.backward(), return loss), or call "
+                "first_step() and second_step() after each backward pass yourself")
+        base = self.base_optimizer
+        held = {p: p.grad for g in self.param_groups for p in g["params"] if base.state.get(p)}
+        try:
+            for p in held:
+                p.grad = None  # torch optimizers skip parameters without a gradient
+            with torch.no_grad():
+                hooks.unhooked_step(base)()
+        finally:
+            for p, grad in held.items():
+                p.grad = grad
+        self._stepper.invalidate()

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .backends.base import (ALPHA, C_D, C_G, COEFFS, DD, DG, EPS, FOUND_INF, GG, H_RADIUS,
+from .backends.base import (ALPHA, C_D, C_G, COEFFS, DG, EPS, FOUND_INF, GG, H_RADIUS,
                             MAX_NORM, NORM_D, NORM_G, OK, PSI, SKIPPED, SUMSQ)
 
 #: below this value of ``sin(psi)`` the two directions count as parallel and

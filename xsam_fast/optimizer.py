@@ -8,9 +8,6 @@ checkpoints. What a step does to the tensors is planned once in
 """
 from __future__ import annotations
 
-import copy
-import math
-import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Literal
 
@@ -18,21 +15,22 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from . import checkpoint, hooks
+from . import hooks
 from . import validation as V
-from .amp import ScaledStep, scaler_enabled
-from .backends import available_backends, backend_status, validate_backend_name
-from .backends.base import ALPHA, EPS, FOUND_INF, MAX_NORM, NORM_D, NORM_G, PSI, SKIPPED
+from .amp import ScaledStep, unscale_pass
+from .backends.base import FOUND_INF, NORM_G
 from .batchnorm import frozen_running_stats, learn_batchnorm
-from .distributed import Communicator, local
-from .search import STRATEGIES, ModelLoss, run_search
+from .checkpoint import CheckpointMixin
+from .distributed import Communicator
+from .search import ModelLoss, restore_search_state, search_state, search_step
+from .reporting import ReportingMixin
 from .stepper import Stepper
 
 NonFinite = Literal["warn", "raise", "none"]
 LossFn = Callable[[], Tensor]
 
 
-class XSAM(torch.optim.Optimizer):
+class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
     r"""eXplicit Sharpness-Aware Minimization wrapped around a base optimizer.
 
     One step (``docs/algorithm.md``): back up :math:`\theta_0`; ``steps`` ascents of
@@ -116,19 +114,9 @@ class XSAM(torch.optim.Optimizer):
     ) -> None:
         rho = V.number("rho", rho, minimum=0)
         rho_max = None if rho_max is None else V.number("rho_max", rho_max, minimum=0)
-        eps = V.number("eps", eps, minimum=0)
-        eta = V.number("eta", eta, minimum=0)
-        if adaptive and eta == 0:
-            raise ValueError("adaptive=True needs eta > 0: T = |theta_0| + eta must not vanish "
-                             "where a weight is 0 (the step divides by T^2)")
-        if nonfinite not in ("warn", "raise", "none"):
-            raise ValueError(f"nonfinite must be 'warn', 'raise' or 'none', got {nonfinite!r}")
-        if search not in STRATEGIES:
-            raise ValueError(f"unknown search {search!r}; valid: {', '.join(STRATEGIES)}")
-        V.check_base_optimizer(base_optimizer)
-        validate_backend_name(backend)
-        if backend != "auto" and backend not in available_backends():
-            raise ValueError(f"backend {backend!r} cannot run here: {backend_status()[backend]}")
+        eps, eta = V.number("eps", eps, minimum=0), V.number("eta", eta, minimum=0)
+        V.check_choices(base_optimizer=base_optimizer, backend=backend, nonfinite=nonfinite,
+                        search=search, adaptive=adaptive, eta=eta)
 
         super().__init__(params, dict(rho=rho, rho_max=rho_max))
         for i, group in enumerate(self.param_groups):
@@ -153,10 +141,10 @@ class XSAM(torch.optim.Optimizer):
         self.eta = eta
         self.adaptive_weights_only = bool(adaptive_weights_only)
         self._comm = Communicator(process_group)
-        self._alpha = V.number("alpha", alpha)
-        self._eps = eps
-        self._max_grad_norm = (None if max_grad_norm is None
-                               else V.number("max_grad_norm", max_grad_norm, minimum=0))
+        self.alpha = V.number("alpha", alpha)  # a search sets it; so may you
+        self.eps = eps
+        self.max_grad_norm = (None if max_grad_norm is None
+                              else V.number("max_grad_norm", max_grad_norm, minimum=0))
         self._stepper = Stepper(self)
         self._amp: ScaledStep | None = None  # GradScaler bookkeeping of the current step
         self._in_step = False  # inside step(): torch's wrapper fires the step hooks
@@ -169,36 +157,6 @@ class XSAM(torch.optim.Optimizer):
         self.search_history: list[dict[str, Any]] = []
         self._search_requested = False  # request_search(): the next XSAM step searches
         self._search_hooks: dict[int, Callable[..., None]] = OrderedDict()
-
-    # ------------------------------------------------------------------ settings
-    @property
-    def alpha(self) -> float:
-        """The interpolation parameter (a search sets it; so may you)."""
-        return self._alpha
-
-    @alpha.setter
-    def alpha(self, value: float) -> None:
-        self._alpha = V.number("alpha", value)
-        self._stepper.scalars.set(ALPHA, self._alpha)
-
-    @property
-    def eps(self) -> float:
-        return self._eps
-
-    @eps.setter
-    def eps(self, value: float) -> None:
-        self._eps = V.number("eps", value, minimum=0)
-        self._stepper.scalars.set(EPS, self._eps)
-
-    @property
-    def max_grad_norm(self) -> float | None:
-        return self._max_grad_norm
-
-    @max_grad_norm.setter
-    def max_grad_norm(self, value: float | None) -> None:
-        self._max_grad_norm = None if value is None else V.number("max_grad_norm", value,
-                                                                  minimum=0)
-        self._stepper.scalars.set(MAX_NORM, -1.0 if value is None else self._max_grad_norm)
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -248,8 +206,8 @@ class XSAM(torch.optim.Optimizer):
                                "(theta_0 restored)")
         self._begin()
         try:
-            plan = stepper.prepare(self._fusable())
-            self._unscale(plan, scaler, first=stepper.ascents == 0)
+            plan = stepper.prepare()
+            unscale_pass(self, plan, scaler, first=stepper.ascents == 0)
             backup = stepper.ascents == 0 and not stepper.backed
             if backup:
                 stepper.mark_backed(plan)
@@ -288,10 +246,10 @@ class XSAM(torch.optim.Optimizer):
         stepper = self._stepper
         if stepper.ascents == 0:
             raise RuntimeError("second_step() called without first_step() in this step")
-        snapshot = self._search_snapshot()
+        snapshot = search_state(self)
         try:
-            plan = stepper.prepare(self._fusable())
-            self._unscale(plan, scaler, first=False)
+            plan = stepper.prepare()
+            unscale_pass(self, plan, scaler, first=False)
             stepper.back_up_new(plan)
             stepper.restore_gradless(plan)
             stepper.final_sums(plan)
@@ -303,13 +261,13 @@ class XSAM(torch.optim.Optimizer):
                         raise ValueError("update_alpha=True needs model, inputs, targets and "
                                          "criterion, or search_loss (request_search() too)")
                     search_loss = ModelLoss(model, inputs, targets, criterion)
-                points = self._search(plan, search_loss, model)
+                points = search_step(self, plan, search_loss, model)
             check = self._check()
             stepper.update_scalars(plan, check)
             self._raise_if_found(plan, "gradient or ascent displacement")
-            self._update(plan, points, check)
+            stepper.base_update(plan, points, check)
         except BaseException:
-            self._search_restore(snapshot)
+            restore_search_state(self, snapshot)
             self.restore_param()
             raise
         norm_g = stepper.scalars.on(plan.devices[0])[NORM_G].clone()
@@ -398,70 +356,19 @@ class XSAM(torch.optim.Optimizer):
         stepper = self._stepper
         with torch.no_grad():
             try:
-                plan = stepper.prepare(self._fusable())
-                self._unscale(plan, scaler, first=True)
+                plan = stepper.prepare()
+                unscale_pass(self, plan, scaler, first=True)
                 check = self._check()
                 stepper.plain_sums(plan, check)
                 self._raise_if_found(plan, "gradient")
-                self._update(plan, None, check, plain=True)
+                stepper.base_update(plan, None, check, plain=True)
             finally:
                 self._end_step()
         self.base_steps += 1
         self._opt_called = True  # type: ignore[attr-defined]
         return loss
 
-    def _update(self, plan: Any, points: Any, check: bool, *, plain: bool = False) -> None:
-        """The base update; the base optimizer's own hooks fire once around it."""
-        base = self.base_optimizer
-        fire = hooks.has_hooks(base)
-        if fire:
-            hooks.fire_pre(base, global_hooks=False)
-        if not self._stepper.update(plan, points, plain=plain):  # the generic base step
-            if not (check and self._stepper.found_inf(plan)):
-                hooks.unhooked_step(base)()
-        base._opt_called = True  # type: ignore[attr-defined]  (LR schedulers check it)
-        if fire:
-            hooks.fire_post(base, global_hooks=False)
-
     # ------------------------------------------------------------------ searching
-    def _search(self, plan: Any, loss_fn: LossFn, model: nn.Module | None) -> list[Any] | None:
-        """Search alpha (the search points overwrite the params; the ascent points are
-        returned for the update). A step whose sums are not finite does not search."""
-        stepper = self._stepper
-        sums_ok = bool(torch.isfinite(stepper.scalars.on(plan.devices[0])[1:4]).all())
-        if not sums_ok:
-            warnings.warn("XSAM: non-finite gradient or displacement: no search in this step",
-                          RuntimeWarning, stacklevel=4)
-            return None
-        bn = model if model is not None else (getattr(loss_fn, "model", None)
-                                              or self._bn_modules())
-        with frozen_running_stats(bn):
-            alpha, curve, points, record = run_search(self, plan, loss_fn, model)
-        if alpha is None:
-            warnings.warn(f"XSAM: no finite loss at the {len(curve)} search points; alpha "
-                          f"kept at {self.alpha}", RuntimeWarning, stacklevel=4)
-        else:
-            self.alpha = alpha
-        self.search_curve = curve
-        self.search_history.append(record)
-        self._search_requested = False
-        for hook in list(self._search_hooks.values()):
-            hook(self, dict(record))
-        self._report_skips()
-        return points
-
-    def _search_snapshot(self) -> tuple:
-        return (self._alpha, self.search_curve, len(self.search_history),
-                self._search_requested)
-
-    def _search_restore(self, snapshot: tuple) -> None:
-        """Undo what an aborted step's search changed (a step is all or nothing)."""
-        alpha, curve, n, requested = snapshot
-        self.alpha = alpha
-        self.search_curve = curve
-        del self.search_history[n:]
-        self._search_requested = requested
-
     def request_search(self) -> None:
         """Make the next XSAM step search alpha (consumed by that search). With :meth:`step`
         it needs a ``search_loss``. Once per epoch: call this before the epoch's first
@@ -482,102 +389,7 @@ class XSAM(torch.optim.Optimizer):
         self._search_hooks[handle.id] = hook
         return handle
 
-    # ------------------------------------------------------------------ reporting
-    @property
-    def last_stats(self) -> dict[str, Any]:
-        """``alpha`` and 0-d device tensors ``psi``, ``grad_norm``, ``d_norm``, ``skipped``
-        (1.0 if the last step was skipped) and ``skipped_steps``, of the last step."""
-        sc = self._stepper.scalars.first()
-        if sc is None:
-            return {}
-        values = sc[[PSI, NORM_G, NORM_D, FOUND_INF, SKIPPED]].clone()
-        names = ("psi", "grad_norm", "d_norm", "skipped", "skipped_steps")
-        return dict(alpha=self.alpha, **dict(zip(names, values.unbind(0))))
-
-    def stats(self) -> dict[str, Any]:
-        """:attr:`last_stats` as Python values (one host synchronisation); warns when steps
-        were skipped since the last report."""
-        stats = self.last_stats
-        if not stats:
-            return {}
-        values = torch.stack([stats[k] for k in ("psi", "grad_norm", "d_norm", "skipped",
-                                                 "skipped_steps")]).tolist()
-        out = dict(alpha=self.alpha, psi=values[0], grad_norm=values[1], d_norm=values[2],
-                   skipped=bool(values[3]), skipped_steps=int(values[4]))
-        self._report_skips(out["skipped_steps"])
-        return out
-
-    def _report_skips(self, count: float | None = None) -> None:
-        if self.nonfinite == "none":
-            return
-        if count is None:
-            count = self.skipped_steps()
-        if count > self._reported_skips:
-            warnings.warn(f"XSAM: {int(count - self._reported_skips)} step(s) skipped since the "
-                          f"last report ({int(count)} in all): a non-finite gradient, sum or "
-                          "coefficient; theta_0 was kept", RuntimeWarning, stacklevel=3)
-            self._reported_skips = count
-
-    def skipped_steps(self) -> int:
-        """Steps skipped so far because of a non-finite value (one host read)."""
-        sc = self._stepper.scalars.first()
-        return 0 if sc is None else int(sc[SKIPPED])
-
-    def _restore_skipped(self, count: int) -> None:
-        self._reported_skips = float(count)
-        self._stepper.scalars.set(SKIPPED, float(count))
-
-    # ------------------------------------------------------------------ checkpoint
-    def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict, with XSAM's state (alpha, counters, pending
-        search, recent searches) in the first param group (see :mod:`xsam_fast.checkpoint`).
-        Reads the skipped-step count (one host read) and warns if steps were skipped."""
-        sd = checkpoint.state_dict(self)
-        self._report_skips()
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict of this class, of an earlier version, or of the base optimizer
-        class alone (groups then keep their current ``rho``/``rho_max``)."""
-        base_sd, extra = checkpoint.split(state_dict, self.param_groups)
-        self.base_optimizer.load_state_dict(base_sd)
-        self.param_groups = self.base_optimizer.param_groups
-        self._stepper.invalidate()
-        if extra is not None:
-            checkpoint.restore(self, extra)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_stepper")  # plans and device scalars are rebuilt on use
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self._stepper = Stepper(self)
-
     # ------------------------------------------------------------------ internals
-    def _init_state(self) -> None:
-        """``step()`` without a closure: torch.distributed.checkpoint's state initialisation
-        (zero gradients, every learning rate 0). The base optimizer steps the parameters
-        that have no state yet, creating it; parameters that have state keep it as it is
-        (torch calls this again before loading into an optimizer it just initialised)."""
-        if not all(float(g.get("lr", 0.0)) == 0.0 for g in self.param_groups):
-            raise ValueError(
-                "XSAM.step needs a closure (it runs the forward and backward passes "
-                "steps + 1 times: zero_grad, loss = ..., loss.backward(), return loss), or call "
-                "first_step() and second_step() after each backward pass yourself")
-        base = self.base_optimizer
-        held = {p: p.grad for g in self.param_groups for p in g["params"] if base.state.get(p)}
-        try:
-            for p in held:
-                p.grad = None  # torch optimizers skip parameters without a gradient
-            with torch.no_grad():
-                hooks.unhooked_step(base)()
-        finally:
-            for p, grad in held.items():
-                p.grad = grad
-        self._stepper.invalidate()
-
     def _begin(self) -> None:
         """Fire the step pre-hooks at the start of a manual-API step."""
         stepper = self._stepper
@@ -601,36 +413,10 @@ class XSAM(torch.optim.Optimizer):
     def _check(self) -> bool:
         return self.nonfinite != "none" or self._amp is not None
 
-    def _fusable(self) -> bool:
-        return self.fuse_base_update
-
     def _raise_if_found(self, plan: Any, what: str) -> None:
         if self.nonfinite == "raise" and self._amp is None and self._stepper.found_inf(plan):
             raise FloatingPointError(f"XSAM: non-finite {what} norm; theta_0 restored")
 
-    def _unscale(self, plan: Any, scaler: Any, first: bool) -> None:
-        """With an enabled GradScaler: unscale this pass's gradients in place."""
-        enabled = scaler_enabled(scaler)
-        if self._amp is None and enabled and first:
-            self._amp = ScaledStep(scaler)
-        if enabled != (self._amp is not None) or (enabled and scaler is not self._amp.scaler):
-            raise ValueError("pass the same enabled GradScaler (scaler=...) to every first_step() "
-                             "and second_step() of a step, or to none of them")
-        if self._amp is not None:
-            self._amp.unscale_([g for b in plan.buckets for g in b.grads])
-
     def _bn_modules(self) -> Any:
         """What BatchNorm freezing acts on: the model, or the layers learned without one."""
         return self.model if self.model is not None else self._bn_layers
-
-    def _eta_of(self, p: Tensor) -> float | None:
-        """``eta`` for a tensor stepped in ASAM's geometry, None for one with ``T = 1``."""
-        if self.adaptive and (not self.adaptive_weights_only or p.dim() > 1):
-            return self.eta
-        return None
-
-    def _backup_of(self, p: Tensor) -> Tensor:
-        state = self.state[p]
-        if "theta0" not in state:
-            state["theta0"] = torch.empty_like(local(p))
-        return state["theta0"]

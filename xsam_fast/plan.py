@@ -108,7 +108,7 @@ class StepPlan:
                     raise RuntimeError("XSAM does not support sparse gradients; use a dense "
                                        "embedding (sparse=False) for the parameters it steps")
                 dense = is_dense(p) and g.stride() == p.stride()
-                key = (gi, p.device, p.dtype, opt._eta_of(owner), comm.shard_groups(owner),
+                key = (gi, p.device, p.dtype, eta_of(opt, owner), comm.shard_groups(owner),
                        dense, _fresh_momentum(self.base, group, owner))
                 keyed.setdefault(key, []).append((owner, p))
         self.sharded = any(key[4] for key in keyed)
@@ -131,7 +131,7 @@ class StepPlan:
         owners = [o for o, _ in pairs]
         locals_ = [p for _, p in pairs]
         params = backend.pack(locals_)
-        backups = backend.pack([opt._backup_of(o) for o in owners], like=params)
+        backups = backend.pack([backup_of(opt, o) for o in owners], like=params)
         bucket = Bucket(group, backend, device, dtype, eta, shards, owners, locals_, params,
                         backups, Hyper(device))
         kind = fused_kind(self.base, group) if fused else None
@@ -211,6 +211,21 @@ class StepPlan:
     def by_device(self) -> Iterator[tuple[torch.device, list[Bucket]]]:
         for device in self.devices:
             yield device, [b for b in self.buckets if b.device == device]
+
+
+def eta_of(opt: Any, p: Tensor) -> float | None:
+    """``eta`` for a tensor stepped in ASAM's geometry, None for one with ``T = 1``."""
+    if opt.adaptive and (not opt.adaptive_weights_only or p.dim() > 1):
+        return opt.eta
+    return None
+
+
+def backup_of(opt: Any, p: Tensor) -> Tensor:
+    """The tensor holding ``p``'s theta_0 (in the optimizer's state, made on first use)."""
+    state = opt.state[p]
+    if "theta0" not in state:
+        state["theta0"] = torch.empty_like(local(p))
+    return state["theta0"]
 
 
 def _structure(opt: Any) -> tuple:

@@ -281,3 +281,45 @@ def _stacked_points(p: Tensor, point: Tensor, backup: Tensor, grad: Tensor, coef
     shape = (-1,) + (1,) * p.dim()
     return search_point(point, backup, grad, coeffs[:, 0].reshape(shape),
                         coeffs[:, 1].reshape(shape), eta).to(p.dtype)
+
+
+def search_step(opt: Any, plan: Any, loss_fn: Callable[[], Tensor], model: nn.Module | None
+                ) -> list[Any] | None:
+    """The search of one step of ``opt``: run it (BatchNorm statistics frozen), set alpha,
+    record it, call the search hooks. Returns the saved ascent points for the update, or
+    None when the step's sums are not finite (then nothing is searched)."""
+    import warnings
+
+    from .backends.base import SUMS
+    from .batchnorm import frozen_running_stats
+
+    if not bool(torch.isfinite(opt._stepper.scalars.on(plan.devices[0])[SUMS]).all()):
+        warnings.warn("XSAM: non-finite gradient or displacement: no search in this step",
+                      RuntimeWarning, stacklevel=4)
+        return None
+    bn = model if model is not None else (getattr(loss_fn, "model", None) or opt._bn_modules())
+    with frozen_running_stats(bn):
+        alpha, curve, points, record = run_search(opt, plan, loss_fn, model)
+    if alpha is None:
+        warnings.warn(f"XSAM: no finite loss at the {len(curve)} search points; alpha kept at "
+                      f"{opt.alpha}", RuntimeWarning, stacklevel=4)
+    else:
+        opt.alpha = alpha
+    opt.search_curve = curve
+    opt.search_history.append(record)
+    opt._search_requested = False
+    for hook in list(opt._search_hooks.values()):
+        hook(opt, dict(record))
+    opt._report_skips()
+    return points
+
+
+def search_state(opt: Any) -> tuple:
+    """What a search changes in ``opt``, to undo it (:func:`restore_search_state`)."""
+    return opt.alpha, opt.search_curve, len(opt.search_history), opt._search_requested
+
+
+def restore_search_state(opt: Any, state: tuple) -> None:
+    """Undo what an aborted step's search changed: a step is all or nothing."""
+    opt.alpha, opt.search_curve, n, opt._search_requested = state
+    del opt.search_history[n:]

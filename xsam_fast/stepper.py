@@ -18,20 +18,35 @@ from torch import Tensor
 
 from .backends.base import (ALPHA, COEFFS, EPS, FOUND_INF, MAX_NORM, NSCALARS, SUMS, SUMSQ,
                             Backend, TensorList)
+from . import hooks
 from .base_update import fused_update
 from .distributed import local
-from .plan import Bucket, StepPlan, device_guard
-from .validation import check_group
+from .plan import Bucket, StepPlan, backup_of, device_guard
+from .validation import check_group, number
 
 
 class DeviceScalars:
     """One float64 vector of :data:`~xsam_fast.backends.base.NSCALARS` entries per device,
     kept across steps (alpha and the skipped-step count live there)."""
 
-    def __init__(self, eps: float, max_norm: float | None, alpha: float) -> None:
+    def __init__(self) -> None:
         self._vectors: dict[torch.device, Tensor] = {}
-        self._fixed = {EPS: float(eps), MAX_NORM: -1.0 if max_norm is None else float(max_norm),
-                       ALPHA: float(alpha)}
+        self._fixed: dict[int, float] = {}
+        self._host: tuple | None = None
+
+    def refresh(self, opt: Any) -> None:
+        """Bring ``opt.alpha``, ``opt.eps`` and ``opt.max_grad_norm`` (host attributes that a
+        search or the user may change) to the devices, when they changed (checked first)."""
+        host = (opt.alpha, opt.eps, opt.max_grad_norm)
+        if host == self._host:
+            return
+        alpha, eps = number("alpha", opt.alpha), number("eps", opt.eps, minimum=0)
+        max_norm = (-1.0 if opt.max_grad_norm is None
+                    else number("max_grad_norm", opt.max_grad_norm, minimum=0))
+        for index, value in ((ALPHA, alpha), (EPS, eps), (MAX_NORM, max_norm)):
+            if self._fixed.get(index) != value:
+                self.set(index, value)
+        self._host = host
 
     def on(self, device: torch.device) -> Tensor:
         sc = self._vectors.get(device)
@@ -59,7 +74,7 @@ class Stepper:
 
     def __init__(self, opt: Any) -> None:
         self.opt = opt
-        self.scalars = DeviceScalars(opt.eps, opt.max_grad_norm, opt.alpha)
+        self.scalars = DeviceScalars()
         self.plan: StepPlan | None = None
         self.backed: list[Tensor] = []  # parameters holding theta_0 in their backup now
         self._backed_ids: set[int] = set()
@@ -67,9 +82,10 @@ class Stepper:
         self.ascents = 0  # ascents taken in the current step
 
     # ------------------------------------------------------------------ plan
-    def prepare(self, fused: bool) -> StepPlan:
+    def prepare(self) -> StepPlan:
         """The plan of this backward pass, with its gradients packed (rebuilt if needed)."""
         opt = self.opt
+        fused = opt.fuse_base_update
         plan = self.plan
         if plan is None or not plan.holds(opt):
             plan = self.plan = self._build(fused)
@@ -80,6 +96,7 @@ class Stepper:
         for i, group in enumerate(opt.param_groups):
             check_group(group, i)
         plan.refresh_hyper(opt.steps)
+        self.scalars.refresh(opt)
         return plan
 
     def _build(self, fused: bool) -> StepPlan:
@@ -101,7 +118,7 @@ class Stepper:
         """theta_0 of every trainable parameter, whatever has a gradient (one copy per
         device and dtype)."""
         owners = [p for g in self.opt.param_groups for p in g["params"] if p.requires_grad]
-        _copy([self.opt._backup_of(p) for p in owners], [local(p) for p in owners])
+        _copy([backup_of(self.opt, p) for p in owners], [local(p) for p in owners])
         self.backed, self._backed_ids = owners, {id(p) for p in owners}
         self._backed_plan = None
 
@@ -117,7 +134,7 @@ class Stepper:
             return True
         new = [o for o in plan.owners if id(o) not in self._backed_ids]
         if new:
-            _copy([self.opt._backup_of(o) for o in new], [local(o) for o in new])
+            _copy([backup_of(self.opt, o) for o in new], [local(o) for o in new])
             self.backed = self.backed + new
             self._backed_ids.update(id(o) for o in new)
         self._backed_plan = plan
@@ -132,12 +149,12 @@ class Stepper:
         stepped = {id(o) for o in plan.owners}
         gone = [o for o in self.backed if id(o) not in stepped]
         if gone:
-            _copy([local(o) for o in gone], [self.opt._backup_of(o) for o in gone])
+            _copy([local(o) for o in gone], [backup_of(self.opt, o) for o in gone])
 
     def restore(self) -> None:
         """theta_0 back into every backed-up parameter."""
         if self.backed:
-            _copy([local(p) for p in self.backed], [self.opt._backup_of(p) for p in self.backed])
+            _copy([local(p) for p in self.backed], [backup_of(self.opt, p) for p in self.backed])
 
     def end(self) -> None:
         self.backed, self._backed_ids, self._backed_plan = [], set(), None
@@ -171,6 +188,7 @@ class Stepper:
         self._reduce(plan, SUMS, sums)
 
     def update_scalars(self, plan: StepPlan, check: bool) -> None:
+        self.scalars.refresh(self.opt)  # a search may have set alpha
         self._derive(plan, lambda k, sc: k.update_scalars(sc, check=check))
 
     def plain_sums(self, plan: StepPlan, check: bool) -> None:
@@ -204,6 +222,22 @@ class Stepper:
                     b.kernels.write_grad_restore(b.params, pts, b.backups, b.grads,
                                                  self.sc(b)[COEFFS], eta=b.eta)
         return False
+
+    def base_update(self, plan: StepPlan, points: list[TensorList] | None, check: bool, *,
+                    plain: bool = False) -> None:
+        """The base update (:meth:`update`), or the base optimizer's own step after G was
+        written into ``.grad`` (skipped if the host reads the flag set); the base optimizer's
+        own step hooks fire once around it, fused or not."""
+        base = self.opt.base_optimizer
+        fire = hooks.has_hooks(base)
+        if fire:
+            hooks.fire_pre(base, global_hooks=False)
+        if not self.update(plan, points, plain=plain):  # the generic base step
+            if not (check and self.found_inf(plan)):
+                hooks.unhooked_step(base)()
+        base._opt_called = True  # type: ignore[attr-defined]  (LR schedulers check it)
+        if fire:
+            hooks.fire_post(base, global_hooks=False)
 
     # ------------------------------------------------------------------ sums and scalars
     def _reduce(self, plan: StepPlan, slot: slice,

@@ -52,6 +52,25 @@ def check_group(group: dict[str, Any], index: int | None = None) -> None:
             raise ValueError(f"{key} must be a finite number >= 0{where}, got {value!r}")
 
 
+def check_choices(*, base_optimizer: Any, backend: str, nonfinite: str, search: str,
+                  adaptive: bool, eta: float) -> None:
+    """XSAM's non-numeric arguments, and eta > 0 with the adaptive geometry."""
+    from .backends import available_backends, backend_status, validate_backend_name
+    from .search import STRATEGIES
+
+    if adaptive and eta == 0:
+        raise ValueError("adaptive=True needs eta > 0: T = |theta_0| + eta must not vanish "
+                         "where a weight is 0 (the step divides by T^2)")
+    if nonfinite not in ("warn", "raise", "none"):
+        raise ValueError(f"nonfinite must be 'warn', 'raise' or 'none', got {nonfinite!r}")
+    if search not in STRATEGIES:
+        raise ValueError(f"unknown search {search!r}; valid: {', '.join(STRATEGIES)}")
+    check_base_optimizer(base_optimizer)
+    validate_backend_name(backend)
+    if backend != "auto" and backend not in available_backends():
+        raise ValueError(f"backend {backend!r} cannot run here: {backend_status()[backend]}")
+
+
 def check_base_optimizer(base_optimizer: Any) -> None:
     if not (isinstance(base_optimizer, type) and issubclass(base_optimizer,
                                                             torch.optim.Optimizer)):
