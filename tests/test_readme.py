@@ -91,3 +91,33 @@ def test_gradient_accumulation_example():
     ns = dict(model=model, opt=opt, x=x, y=y, criterion=nn.CrossEntropyLoss())
     exec(block("micro = list(zip(x.split(32), y.split(32)))"), ns)
     assert opt.step_count == 1 and moved(model, before)
+
+
+def _stepped_model_and_opt():
+    from xsam_fast import XSAM
+
+    model = bn_model()
+    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9, model=model)
+    x, y = torch.randn(8, 10), torch.randint(0, 2, (8,))
+    opt.step(lambda: nn.functional.cross_entropy(model(x), y).backward())
+    return model, opt, x, y
+
+
+def test_dcp_example(tmp_path, monkeypatch):
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    model, opt, _, _ = _stepped_model_and_opt()
+    alpha = opt.alpha
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*single process.*")
+        exec(block("dcp.save("), dict(model=model, opt=opt))
+    assert (tmp_path / "ckpt").is_dir() and opt.alpha == alpha
+
+
+def test_ema_hook_example():
+    model, opt, x, y = _stepped_model_and_opt()
+    ns = dict(model=model, opt=opt)
+    exec(block("get_ema_multi_avg_fn"), ns)
+    opt.step(lambda: nn.functional.cross_entropy(model(x), y).backward())
+    assert int(ns["ema"].n_averaged) == 1
