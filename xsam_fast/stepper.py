@@ -77,7 +77,7 @@ class Stepper:
         self.scalars = DeviceScalars()
         self.plan: StepPlan | None = None
         self.backed: list[Tensor] = []  # parameters holding theta_0 in their backup now
-        self._backed_ids: set[int] = set()
+        self._backed_ids: set[int] | None = None
         self._backed_plan: StepPlan | None = None  # a plan all of whose params are backed up
         self.ascents = 0  # ascents taken in the current step
 
@@ -87,7 +87,8 @@ class Stepper:
         opt = self.opt
         fused = opt.fuse_base_update
         plan = self.plan
-        if plan is None or not plan.holds(opt):
+        # storage and structure are checked once per step (they do not change inside one)
+        if plan is None or (self.ascents == 0 and not plan.holds(opt)):
             plan = self.plan = self._build(fused)
         if not plan.collect_grads():
             plan = self.plan = self._build(fused)
@@ -119,24 +120,28 @@ class Stepper:
         device and dtype)."""
         owners = [p for g in self.opt.param_groups for p in g["params"] if p.requires_grad]
         _copy([backup_of(self.opt, p) for p in owners], [local(p) for p in owners])
-        self.backed, self._backed_ids = owners, {id(p) for p in owners}
-        self._backed_plan = None
+        self.backed, self._backed_ids, self._backed_plan = owners, None, None
 
     def mark_backed(self, plan: StepPlan) -> None:
         """Every param of ``plan`` is being backed up by this step's first ascent."""
-        self.backed, self._backed_ids = list(plan.owners), {id(o) for o in plan.owners}
-        self._backed_plan = plan
+        self.backed, self._backed_ids, self._backed_plan = plan.owners, None, plan
+
+    def _ids(self) -> set[int]:
+        if self._backed_ids is None:  # built only when a later pass has another plan
+            self._backed_ids = {id(o) for o in self.backed}
+        return self._backed_ids
 
     def back_up_new(self, plan: StepPlan) -> bool:
         """Back up the params of ``plan`` that hold no theta_0 yet (they have not moved: they
         had no gradient before). Returns whether all of ``plan`` was already backed up."""
         if plan is self._backed_plan:
             return True
-        new = [o for o in plan.owners if id(o) not in self._backed_ids]
+        held = self._ids()
+        new = [o for o in plan.owners if id(o) not in held]
         if new:
             _copy([backup_of(self.opt, o) for o in new], [local(o) for o in new])
             self.backed = self.backed + new
-            self._backed_ids.update(id(o) for o in new)
+            held.update(id(o) for o in new)
         self._backed_plan = plan
         return not new
 
@@ -157,7 +162,7 @@ class Stepper:
             _copy([local(p) for p in self.backed], [backup_of(self.opt, p) for p in self.backed])
 
     def end(self) -> None:
-        self.backed, self._backed_ids, self._backed_plan = [], set(), None
+        self.backed, self._backed_ids, self._backed_plan = [], None, None
         self.ascents = 0
 
     # ------------------------------------------------------------------ phases
