@@ -346,3 +346,14 @@ def test_interval_benchmark_writes_its_table(tmp_path, monkeypatch):
     assert rows[0].split("|")[-2].strip() == "1.00" and rows[1].split("|")[-2].strip() == "2.00"
     assert rows[2].split("|")[-2].strip() == f"{8 / 6:.2f}"
     assert "Measured " in text and "torch " + torch.__version__ in text
+
+
+def test_update_alpha_on_a_plain_step_waits_for_the_next_full_step(mlp64):
+    opt = XSAM(mlp64.parameters(), torch.optim.SGD, lr=0.1, interval=2, backend="reference")
+    x, y = make_batches("mlp", 1)[0]
+    loss = lambda: criterion(mlp64(x), y)  # noqa: E731
+    closure_step(opt, mlp64, x, y)                          # call 0: full
+    opt.step(lambda: loss().backward(), search_loss=loss, update_alpha=True)  # call 1: plain
+    assert opt.search_history == [] and opt._search_requested
+    opt.step(lambda: loss().backward(), search_loss=loss)   # call 2: full, searches
+    assert len(opt.search_history) == 1 and not opt._search_requested

@@ -308,6 +308,8 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
         if closure is None:
             return self._init_state()
         if (self.step_count + self.base_steps) % self.interval != 0:
+            if update_alpha:  # done by the next full step
+                self.request_search()
             return self._plain_step(closure, scaler)
         if update_alpha is None:
             update_alpha = (self.search_interval is not None
