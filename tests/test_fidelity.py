@@ -198,6 +198,27 @@ def test_dynamic_alpha_matches_authors(model_name, steps, api, backend):
     assert any(0.0 < a < 2.0 for a in chosen), f"alpha* of the searches: {chosen}"
 
 
+@pytest.mark.parametrize("api", ["authors_sequence", "closure"])
+@pytest.mark.parametrize("steps", [1, 2], ids=lambda k: f"k{k}")
+def test_num_batches_tracked_counts_steps_not_passes(steps, api):
+    """The documented difference: theirs counts every train-mode forward of a step (k + 1, plus
+    one per grid point when searching), the package one per step; running statistics agree."""
+    dtype = torch.float64
+    model, theirs = twin_models("cnn_bn", dtype)
+    opt = XSAM(model.parameters(), torch.optim.SGD, rho=RHO, steps=steps,
+               rho_max=SEARCH_RHO_MAX, eps=EPS, model=model, **BASES["momentum"])
+    ref = authors_optimizer(theirs, steps, SEARCH_RHO_MAX, 1.0, BASES["momentum"])
+    batches = make_batches("cnn_bn", 3, dtype)
+    for n, (x, y) in enumerate(batches):
+        package_step(opt, model, x, y, api, update_alpha=n == 0)
+        train_step(ref, theirs, criterion, x, y, update_alpha=n == 0)
+    xsam_fast.enable_running_stats(model)  # what the next batch's step starts with
+    assert_models_match(model, theirs, dtype, "after 3 steps")
+    grid = len(ref.curve)
+    assert int(model[1].num_batches_tracked) == len(batches)
+    assert int(theirs[1].num_batches_tracked) == len(batches) * (steps + 1) + grid
+
+
 # ------------------------------------------------------------------ degenerate angle
 class _ConcaveLine(nn.Module):
     """L(w) = -w^2 / 2 for one scalar weight: an ascent of length rho > |w| passes the maximum,
