@@ -219,6 +219,66 @@ def test_num_batches_tracked_counts_steps_not_passes(steps, api):
     assert int(theirs[1].num_batches_tracked) == len(batches) * (steps + 1) + grid
 
 
+# ------------------------------------------------------------------ changing gradient sets
+class _PassDependent(nn.Module):
+    """Three weights; which of them the loss uses depends on the pass of the step: ``a`` in every
+    pass, ``late`` from the second pass on (k = 2: the second ascent and the final pass),
+    ``early`` in the first pass only (no gradient at the final point)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64))
+        self.late = nn.Parameter(torch.tensor([3.0, -1.0], dtype=torch.float64))
+        self.early = nn.Parameter(torch.tensor([0.5, 1.5], dtype=torch.float64))
+        self.passes = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        first = self.passes % 3 == 0  # k = 2: three passes per step
+        self.passes += 1
+        out = (torch.tanh(self.a * x) ** 2).sum()
+        if first:
+            return out + (self.early ** 2).sum()
+        return out + 0.1 * (self.late ** 3).sum()
+
+
+def _sum_loss(out: Tensor, _target: Any) -> Tensor:
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("api", [
+    "authors_sequence",
+    pytest.param("closure", marks=pytest.mark.xfail(
+        strict=True, reason="known bug: without backup_param(), a parameter whose first gradient "
+        "comes in a later ascent is backed up only in second_step, after it moved, so theta_0 "
+        "is lost (docs/algorithm.md: it must be backed up before it first moves)")),
+])
+def test_gradient_sets_changing_between_passes(api, backend):
+    """A weight first used in the second ascent, and one unused at the final point: their
+    theta_0 is kept, the first is stepped, the second restored and left alone (two steps)."""
+    model, theirs = _PassDependent(), _PassDependent()
+    base = dict(lr=0.1, momentum=0.9)
+    opt = XSAM(model.parameters(), torch.optim.SGD, rho=RHO, steps=2, alpha=0.5, eps=EPS,
+               backend=backend, **base)
+    ref = authors_optimizer(theirs, 2, 2 * RHO, 0.5, base)
+    x = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64)
+    for n in range(2):
+        if api == "authors_sequence":
+            train_step(opt, model, _sum_loss, x, None, False,
+                       enable=xsam_fast.enable_running_stats,
+                       disable=xsam_fast.disable_running_stats)
+        else:
+            def closure() -> Tensor:
+                opt.zero_grad()
+                loss = model(x)
+                loss.backward()
+                return loss
+            opt.step(closure)
+        train_step(ref, theirs, _sum_loss, x, None, False)
+        assert_models_match(model, theirs, torch.float64, f"step {n}")
+    assert torch.equal(theirs.early, torch.tensor([0.5, 1.5], dtype=torch.float64))
+
+
 # ------------------------------------------------------------------ degenerate angle
 class _ConcaveLine(nn.Module):
     """L(w) = -w^2 / 2 for one scalar weight: an ascent of length rho > |w| passes the maximum,
