@@ -246,13 +246,7 @@ def _sum_loss(out: Tensor, _target: Any) -> Tensor:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("api", [
-    "authors_sequence",
-    pytest.param("closure", marks=pytest.mark.xfail(
-        strict=True, reason="known bug: without backup_param(), a parameter whose first gradient "
-        "comes in a later ascent is backed up only in second_step, after it moved, so theta_0 "
-        "is lost (docs/algorithm.md: it must be backed up before it first moves)")),
-])
+@pytest.mark.parametrize("api", ["authors_sequence", "closure"])
 def test_gradient_sets_changing_between_passes(api, backend):
     """A weight first used in the second ascent, and one unused at the final point: their
     theta_0 is kept, the first is stepped, the second restored and left alone (two steps)."""
