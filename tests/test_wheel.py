@@ -5,7 +5,7 @@ not ignore) are copied to a temporary directory, so that no stale ``build/`` or
 in-place ``.so`` can leak in; ``pip wheel --no-build-isolation --no-deps`` builds the
 wheel there; the wheel, its ``train`` extra and the session's torch are installed
 into a fresh ``python -m venv`` outside the checkout (pip's cache makes the
-reinstall of torch a copy). Every command then runs in that environment from an
+reinstall of torch a copy; ``--no-compile``: only the modules imported get bytecode). Every command then runs in that environment from an
 empty temporary directory, with no PYTHONPATH: the commands, a tiny training job
 and one XSAM step of every backend the installed package lists.
 """
@@ -51,10 +51,12 @@ class Installed:
 
 
 def clean_env(venv: Path | None = None) -> dict[str, str]:
-    """This process's environment without :data:`CLEARED_ENV`, ``venv``'s scripts first on PATH."""
+    """This process's environment without :data:`CLEARED_ENV`; for commands in ``venv``, its
+    scripts first on PATH and bytecode written (pip installs there without compiling it all)."""
     env = {k: v for k, v in os.environ.items() if k not in CLEARED_ENV}
     if venv is not None:
         env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "")])
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -107,7 +109,7 @@ def installed(files, tmp_path_factory) -> Installed:
     checked(subprocess.run([sys.executable, "-m", "venv", str(venv)], env=clean_env(),
                            capture_output=True, text=True, timeout=300), "python -m venv")
     checked(subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input",
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--no-compile",
          f"{wheel}[train]", f"torch=={torch.__version__}"],
         cwd=workdir, env=clean_env(venv), capture_output=True, text=True, timeout=900),
         "pip install of the wheel")
@@ -222,6 +224,11 @@ def steps(installed) -> dict:
 
 def test_cpu_backend_is_available(steps):
     assert "cpu" in steps["available"], f"cpu backend unavailable: {steps['status']['cpu']}"
+
+
+def test_every_available_backend_ran(steps):
+    ran = {key.split()[0] for key in steps["steps"]}
+    assert ran == set(steps["available"]), f"listed {steps['available']}, stepped {sorted(ran)}"
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
