@@ -1,21 +1,106 @@
-"""A failing C++ build does not fail the build: the cpu backend then says why it is missing.
+"""setup.py: what it decides to build, and that a failing C++ build does not fail the build.
 
-The package tree is copied to a temporary directory and built in place there with
-a compiler that always fails (``CC``/``CXX`` set to ``false``); the build must
-succeed with a warning, and ``xsam_fast`` imported from that copy must list the
-cpu backend as unavailable, with the reason, while the reference backend works.
+The decisions (which extensions, ninja or not) are read from one subprocess that runs
+setup.py once per case with ``setuptools.setup`` replaced by a recorder, torch's
+``torch.version.cuda`` and ``CUDA_HOME`` set by the case, and
+``torch.cuda.is_available`` raising: asking for a GPU at install time is an error.
+
+The failing build: the package tree is copied to a temporary directory and built in
+place there with a compiler that always fails (``CC``/``CXX`` set to ``false``); the
+build must succeed with a warning, and ``xsam_fast`` imported from that copy must
+list the cpu backend as unavailable, with the reason, while the reference backend works.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+FAKE_CUDA_HOME = "/opt/no-such-cuda"  # only a path: nothing is compiled
+
+#: runs setup.py for each case of argv[1] (JSON); prints {case: decisions} as JSON
+DECISIONS_PROBE = r"""
+import contextlib, io, json, os, runpy, sys
+import setuptools, torch
+import torch.utils.cpp_extension as cpp
+
+def asked_for_a_gpu(*args, **kwargs):
+    raise AssertionError("setup.py asked whether a GPU is visible")
+
+torch.cuda.is_available = asked_for_a_gpu
+recorded = {}
+setuptools.setup = lambda **kwargs: recorded.update(kwargs)
+results = {}
+for name, case in json.loads(sys.argv[1]).items():
+    recorded.clear()
+    saved_env = dict(os.environ)
+    os.environ.update(case["env"])
+    torch.version.cuda, cpp.CUDA_HOME = case["torch_cuda"], case["cuda_home"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        runpy.run_path("setup.py", run_name="__main__")
+        build_ext = recorded["cmdclass"].get("build_ext")
+        use_ninja = build_ext(setuptools.Distribution()).use_ninja if build_ext else None
+    results[name] = dict(extensions=[e.name for e in recorded["ext_modules"]], use_ninja=use_ninja,
+                         arch_list=os.environ.get("TORCH_CUDA_ARCH_LIST"), stderr=err.getvalue())
+    os.environ.clear()
+    os.environ.update(saved_env)
+print(json.dumps(results))
+"""
+
+BOTH = ["xsam_fast._C", "xsam_fast._C_cuda"]
+#: case -> (torch.version.cuda, CUDA_HOME, environment, extensions, a line of stderr or "")
+CASES = {
+    "cuda-torch-and-toolkit": ("12.8", FAKE_CUDA_HOME, {}, BOTH, ""),
+    "no-cuda-switch": ("12.8", FAKE_CUDA_HOME, {"XSAM_FAST_NO_CUDA": "1"}, BOTH[:1],
+                       "not building the CUDA extension: XSAM_FAST_NO_CUDA is set"),
+    "cpu-torch": (None, FAKE_CUDA_HOME, {}, BOTH[:1], "is not a CUDA build"),
+    "no-toolkit": ("12.8", None, {}, BOTH[:1], "no CUDA toolkit found"),
+    "force-cuda-cpu-torch": (None, FAKE_CUDA_HOME, {"FORCE_CUDA": "1"}, BOTH[:1],
+                             "WARNING: FORCE_CUDA=1 but not building the CUDA extension"),
+    "no-ext-switch": ("12.8", FAKE_CUDA_HOME, {"XSAM_FAST_NO_EXT": "1"}, [], ""),
+}
+BUILD_SWITCHES = ("XSAM_FAST_NO_EXT", "XSAM_FAST_NO_CUDA", "FORCE_CUDA", "TORCH_CUDA_ARCH_LIST")
+
+
+@pytest.fixture(scope="module")
+def decisions(tmp_path_factory) -> dict:
+    """{case: decisions} for :data:`CASES`, plus "ninja-beside-python": PATH without ninja."""
+    cases = {name: dict(torch_cuda=c[0], cuda_home=c[1], env=c[2]) for name, c in CASES.items()}
+    empty = tmp_path_factory.mktemp("empty_path")
+    cases["ninja-beside-python"] = dict(torch_cuda=None, cuda_home=None, env={"PATH": str(empty)})
+    env = {k: v for k, v in os.environ.items() if k not in BUILD_SWITCHES}
+    done = subprocess.run([sys.executable, "-c", DECISIONS_PROBE, json.dumps(cases)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_extensions_built_without_asking_for_a_gpu(decisions, case):
+    *_, extensions, message = CASES[case]
+    got = decisions[case]
+    assert got["extensions"] == extensions, got["stderr"]
+    assert message in got["stderr"]
+    if "xsam_fast._C_cuda" in extensions:
+        assert got["arch_list"] == "8.0;9.0+PTX"
+
+
+def test_ninja_next_to_the_interpreter_is_used(decisions):
+    scripts = sysconfig.get_path("scripts")
+    if shutil.which("ninja", path=scripts) is None:
+        pytest.skip(f"no ninja in {scripts} (pip install ninja)")
+    got = decisions["ninja-beside-python"]
+    assert got["use_ninja"] is True, got["stderr"]
+    assert "ninja not found" not in got["stderr"]
 
 
 def test_failing_compiler_still_builds(tmp_path: Path) -> None:
@@ -52,3 +137,12 @@ def test_failing_compiler_still_builds(tmp_path: Path) -> None:
     # the reference backend stepped: G = g at alpha = 1, so p = 1 - lr * 1
     assert [float(v) for v in run.stdout.splitlines()[1].strip("[]").split(",")] == \
         pytest.approx([0.9, 0.9, 0.9], rel=1e-6)
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"Install and run the test suite.*?```bash\n(.*?)\n```", readme, flags=re.S)
+    assert found, "README: no test command after 'Install and run the test suite'"
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == found.group(1), ".ci/run's last command is not the README's test command"

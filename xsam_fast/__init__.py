@@ -7,6 +7,7 @@ from .backends import available_backends, backend_status
 from .batchnorm import disable_running_stats, enable_running_stats
 from .optimizer import XSAM
 
+#: the package version, written only here (pyproject.toml reads it at build time)
 __version__ = "0.1.0"
 
 __all__ = [

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
-from pathlib import Path
 from typing import Sequence
 
 PROG = "xsam-fast"
@@ -245,18 +245,20 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    """Hand ``argv`` to ``benchmarks.bench_step.main`` from the source checkout."""
-    root = Path(__file__).resolve().parent.parent  # the checkout, for an editable install
-    if (root / "benchmarks" / "bench_step.py").is_file() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    """Hand ``argv`` to ``benchmarks.bench_step.main`` where the harness is importable.
+
+    The harness is not part of the installed package: it is importable only from a
+    source checkout (``python -m xsam_fast bench`` in its root, or ``PYTHONPATH``
+    naming it); anywhere else this says how to run it and returns 2.
+    """
     try:
         from benchmarks import bench_step
     except ModuleNotFoundError as exc:
         if exc.name not in ("benchmarks", "benchmarks.bench_step"):
             raise
+        command = shlex.join(["python", "-m", "benchmarks.bench_step", *argv])
         return _error("bench", (
-            "the benchmark harness (benchmarks/bench_step.py) ships with the source, not with the "
-            "installed package: run it from a source checkout, e.g. `git clone <repository> && "
-            "cd xsam-fast && pip install --no-build-isolation -e . && xsam-fast bench` "
-            "(or `python -m benchmarks.bench_step` there)"))
+            "the benchmark harness (benchmarks/bench_step.py) ships with the source tree, not "
+            "with the installed package: in the root of a source checkout, with xsam-fast "
+            f"installed, run `{command}`"))
     return int(bench_step.main(argv) or 0)

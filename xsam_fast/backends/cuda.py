@@ -6,8 +6,8 @@ the kernel's argument table of tensors fills up), read the scalars ``scale`` and
 ``coeffs`` from device memory, and reduce deterministically (per-block partials
 summed in a fixed order). Nothing here queries the GPU at import time.
 
-The extension is built by ``setup.py`` where a CUDA build of torch and
-``CUDA_HOME`` are present and a GPU is visible (or ``FORCE_CUDA=1``).
+The extension is built by ``setup.py`` where a CUDA build of torch and a CUDA
+toolkit (``CUDA_HOME``, or ``nvcc`` on ``PATH``) are present, GPU or not.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class CudaBackend(Backend):
             return False, (
                 "the CUDA extension xsam_fast._C_cuda is not importable "
                 f"({_IMPORT_ERROR}); it is built by `pip install --no-build-isolation .` "
-                "with a CUDA build of torch, CUDA_HOME, and a visible GPU or FORCE_CUDA=1")
+                "with a CUDA build of torch and a CUDA toolkit (CUDA_HOME, or nvcc on PATH)")
         if not torch.cuda.is_available():
             return False, "no CUDA device is visible (torch.cuda.is_available() is False)"
         return True, ""
