@@ -190,7 +190,7 @@ class HFRecipeConfig:
     samples: int = 64
     batch_size: int = 4  # per micro-batch
     grad_accum: int = 2
-    lr: float = 3e-3
+    lr: float = 1e-2
     weight_decay: float = 0.01  # on all but the norm weights (the Trainer's grouping)
     warmup_steps: int = 2  # then a linear decay to 0 (the Trainer's default schedule)
     seed: int = 0
