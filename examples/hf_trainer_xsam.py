@@ -71,9 +71,13 @@ class TrainerXSAM(XSAM):
     def step(self, closure=None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         if closure is not None:
             return super().step(closure, **kwargs)
+        if kwargs:
+            raise TypeError(f"TrainerXSAM.step() without a closure takes no arguments, got "
+                            f"{sorted(kwargs)}")
         if self.pending is None:
-            raise RuntimeError("TrainerXSAM.step() without a closure runs the step that XSAMTrainer "
-                               "prepares on the last micro-batch of a window; none is pending")
+            raise RuntimeError("TrainerXSAM.step() without a closure runs the step that "
+                               "XSAMTrainer prepares on the last micro-batch of a window; "
+                               "none is pending")
         pending, self.pending = self.pending, None
         return super().step(**pending)
 
@@ -124,10 +128,10 @@ class XSAMTrainer(Trainer):
     def __init__(self, *args: Any, xsam: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.xsam_kwargs = dict(xsam or {})
-        clash = {"model", "max_grad_norm"} & self.xsam_kwargs.keys()
+        clash = {"model", "max_grad_norm", "search_interval"} & self.xsam_kwargs.keys()
         if clash:
             raise ValueError(f"XSAMTrainer sets {sorted(clash)} itself (the model, "
-                             "TrainingArguments.max_grad_norm)")
+                             "TrainingArguments.max_grad_norm, a search per epoch)")
         if self.args.fp16:
             raise ValueError("XSAMTrainer does not support fp16=True: on a GPU the Trainer's "
                              "GradScaler steps without a closure, and on the CPU fp16 is ignored; "
@@ -137,7 +141,8 @@ class XSAMTrainer(Trainer):
                              "optimizer step")
         if self.optimizer is not None and not isinstance(self.optimizer, TrainerXSAM):
             raise TypeError("XSAMTrainer creates its optimizer (a TrainerXSAM); pass "
-                            f"optimizer_cls_and_kwargs for the base optimizer, not {self.optimizer!r}")
+                            "optimizer_cls_and_kwargs for the base optimizer, not "
+                            f"{self.optimizer!r}")
         self._window: list[dict] = []
         self._window_loss: Any = 0  # the sum of the window's first-pass losses
 
@@ -173,7 +178,7 @@ class XSAMTrainer(Trainer):
             closure = _WindowClosure(self, model, self._window, num_items_in_batch,
                                      self._window_loss)
             self.xsam.pending = dict(closure=closure, search_loss=closure.search_loss,
-                                        update_alpha=float(self.state.epoch).is_integer())
+                                     update_alpha=float(self.state.epoch).is_integer())
             self._window, self._window_loss = [], 0
         return loss
 
