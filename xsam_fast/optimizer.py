@@ -150,6 +150,7 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
         self._in_step = False  # inside step(): torch's wrapper fires the step hooks
         self._bn_layers: list[nn.Module] | None = None  # learned when model is None
         self._reported_skips = 0.0
+        self._left_grad: tuple[Any, Any] = (None, None)  # a gradient the last step left
 
         self.step_count = 0  # completed XSAM steps
         self.base_steps = 0  # plain base-optimizer steps taken by step() (interval > 1)
@@ -271,6 +272,8 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
             self.restore_param()
             raise
         norm_g = stepper.scalars.on(plan.devices[0])[NORM_G].clone()
+        owner = plan.owners[0]
+        self._left_grad = (owner, owner.grad)  # to recognise this step's gradients later
         self.step_count += 1
         self._opt_called = True  # type: ignore[attr-defined]  (LR schedulers check it)
         self._end_step()
@@ -289,8 +292,9 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
         """A whole XSAM step: ``steps + 1`` calls of ``closure``, then the update.
 
         ``closure`` computes the loss and its gradients (``loss.backward()``) and returns
-        the loss; XSAM clears the gradients before every call, so closures with or without
-        their own ``zero_grad()`` give the same step. ``search_loss`` is a forward-only
+        the loss; XSAM clears the gradients before each later call, so closures with or
+        without their own ``zero_grad()`` give the same step (the first pass only sets the
+        ascent's direction, which gradients accumulated onto it do not change). ``search_loss`` is a forward-only
         callable returning the loss at the current parameters, called at each grid point
         when a search runs (every ``search_interval`` steps, with ``update_alpha=True``, or
         after :meth:`request_search`). Returns the loss of the first pass. If anything
@@ -321,7 +325,12 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
                              "callable")
         self._in_step = True
         try:
-            loss = self._closure(closure, learn=self.model is None and self._bn_layers is None)
+            owner, grad = self._left_grad
+            # the first pass keeps gradients made for it (a backward run before step(), as
+            # davda54/sam's loop does), not those the last step left (a missing zero_grad)
+            stale = owner is not None and owner.grad is grad
+            loss = self._closure(closure, learn=self.model is None and self._bn_layers is None,
+                                 clear=stale)
             with frozen_running_stats(self._bn_modules()):
                 self.first_step(0, scaler=scaler)
                 for i in range(1, self.steps):
@@ -337,11 +346,13 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
             self._in_step = False
         return loss
 
-    def _closure(self, closure: Callable[[], Tensor], learn: bool = False) -> Tensor:
-        """One pass: gradients cleared, then ``closure()`` with gradients enabled (with
-        ``learn``, the BatchNorm layers that run in it are learned, for steps without
-        ``model=``: done in the first step)."""
-        self.zero_grad()
+    def _closure(self, closure: Callable[[], Tensor], learn: bool = False,
+                 clear: bool = True) -> Tensor:
+        """One pass: gradients cleared (unless ``clear`` is False: the first pass), then
+        ``closure()`` with gradients enabled (with ``learn``, the BatchNorm layers that run
+        in it are learned, for steps without ``model=``: done in the first step)."""
+        if clear:
+            self.zero_grad()
         with torch.enable_grad():
             if not learn:
                 return closure()
@@ -354,7 +365,7 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
     def _plain_step(self, closure: Callable[[], Tensor], scaler: Any = None) -> Tensor:
         """One forward/backward and a base step from the params (``interval > 1``), with
         the same non-finite guard as an XSAM step."""
-        loss = self._closure(closure)
+        loss = self._closure(closure)  # the gradient is stepped: a fresh one
         stepper = self._stepper
         with torch.no_grad():
             try:
