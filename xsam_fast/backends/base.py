@@ -8,8 +8,8 @@ keeps whatever it needs per list (C++ tensor vectors, device pointer tables)
 and a step converts nothing per tensor. Every list argument of a call has the
 same length and lines up element by element, tensor ``i`` of every list having
 the shape and strides of tensor ``i`` of the first. Fast backends require
-tensors that are dense and non-overlapping (``is_non_overlapping_and_dense``,
-channels_last included) and step them in memory order; the reference backend
+tensors that are dense and non-overlapping (:func:`is_dense`, channels_last
+included) and step them in memory order; the reference backend
 takes any strides.
 
 Math runs in :func:`xsam_fast.coefficients.accumulation_dtype` of the bucket
@@ -140,11 +140,26 @@ class TensorList:
         return self.tensors[i]
 
 
+def is_dense(t: Tensor) -> bool:
+    """Whether ``t`` is dense and non-overlapping: its elements fill
+    ``[data_ptr, data_ptr + numel)`` exactly (contiguous, channels_last, any
+    permutation of dims). What ATen calls ``is_non_overlapping_and_dense``."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def check_layout(tensors: Sequence[Tensor], like: Sequence[Tensor] | None, *,
                  dense: bool) -> None:
-    """Raise :class:`LayoutError` unless ``tensors`` share one device and dtype, are
-    dense and non-overlapping (if ``dense``), and match ``like`` index for index in
-    device, dtype, shape and strides. For packing; O(len(tensors)) in Python."""
+    """Raise :class:`LayoutError` unless ``tensors`` share one device and dtype and match
+    ``like`` index for index in device and shape; with ``dense``, they must also be dense
+    and non-overlapping and have ``like``'s strides (the fast backends step memory in
+    order). For packing; O(len(tensors)) in Python."""
     if not tensors:
         if like:
             raise LayoutError(f"0 tensors, {len(like)} expected")
@@ -156,12 +171,12 @@ def check_layout(tensors: Sequence[Tensor], like: Sequence[Tensor] | None, *,
         if t.device != device or t.dtype != dtype:
             raise LayoutError(f"tensor {i} is a {t.dtype} tensor on {t.device}, the first a "
                               f"{dtype} tensor on {device}")
-        if dense and not t.is_non_overlapping_and_dense():
+        if dense and not is_dense(t):
             raise LayoutError(f"tensor {i} (shape {tuple(t.shape)}, strides {t.stride()}) is "
                               "not dense and non-overlapping")
         if like is not None:
             ref = like[i]
-            if t.shape != ref.shape or t.stride() != ref.stride() or t.device != ref.device:
+            if t.shape != ref.shape or t.device != ref.device or (dense and t.stride() != ref.stride()):
                 raise LayoutError(f"tensor {i}: shape {tuple(t.shape)}, strides {t.stride()} on "
                                   f"{t.device}; expected {tuple(ref.shape)}, {ref.stride()} on "
                                   f"{ref.device}")
