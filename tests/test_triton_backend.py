@@ -152,6 +152,21 @@ def test_tables_are_built_once_and_rebuilt_only_on_change(tb):
     assert tb.packer.builds == 7  # launches build nothing
 
 
+def test_a_packed_list_keeps_its_chunking(tm, tb):
+    """Lists packed by a backend with another block size step correctly: a launch
+    follows the work list of its lists, whichever backend runs it."""
+    case = make_case(torch.float32, SIZES)
+    packed_by = tm.TritonBackend(block=1024)
+    sc = make_sc()
+
+    class Mixed:  # packs params with one backend, runs the phase with the other
+        def __getattr__(self, name):
+            return getattr(packed_by if name == "pack" else tb, name)
+
+    _phase_matches(Mixed(), "sgd_update", case, sc)
+    assert packed_by.pack(case["params"]).layout.block == 1024
+
+
 # ------------------------------------------------------------------ launches
 def _count_launches(monkeypatch) -> dict:
     """Wraps ``run`` of every Triton function of the kernel modules; returns the counter."""

@@ -63,11 +63,12 @@ class _LRU:
 class Layout:
     """Lengths and work list of a packed list, on its device.
 
-    ``numels``: int64 [T]; ``work``: int32 [2 * nblocks]; ``large``: some tensor needs
-    int64 offsets; ``key``: (device, dtype, shapes and strides) it was built for.
+    ``numels``: int64 [T]; ``work``: int32 [2 * nblocks], chunks of ``block`` elements;
+    ``large``: some tensor needs int64 offsets; ``key``: (device, dtype, shapes and
+    strides) it was built for.
     """
 
-    __slots__ = ("numels", "work", "nblocks", "large", "device", "dtype", "key")
+    __slots__ = ("numels", "work", "nblocks", "block", "large", "device", "dtype", "key")
 
     def __init__(self, key: tuple, block: int) -> None:
         device, dtype, shapes = key
@@ -82,7 +83,7 @@ class Layout:
         self.large = max(numels, default=0) > INT32_LIMIT - block
         self.numels = to_device(n, device) if numels else None
         self.work = to_device(work, device) if numels else None
-        self.device, self.dtype, self.key = device, dtype, key
+        self.block, self.device, self.dtype, self.key = block, device, dtype, key
 
 
 class TritonList(TensorList):

@@ -122,7 +122,7 @@ def backup_ascent(packer: Packer, params: TritonList, grads: TritonList, backups
     _ascent_kernel[(lay.nblocks,)](params.table, grads.table, backups.table, sc, hyper,
                                    packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
                                    lay.numels, lay.work, DT=dt, ACC=acc, BACKUP=bool(backup),
-                                   ADAPTIVE=eta is not None, BLOCK=packer.block,
+                                   ADAPTIVE=eta is not None, BLOCK=lay.block,
                                    LARGE=lay.large, **LAUNCH_OPTIONS)
 
 
@@ -137,5 +137,5 @@ def interpolate(packer: Packer, out: TritonList, points: TritonList, backups: Tr
     _interp_kernel[(lay.nblocks,)](out.table, points.table, backups.table, grads.table, coeffs,
                                    packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
                                    lay.numels, lay.work, DT=dt, ACC=acc, RESTORE=bool(restore),
-                                   ADAPTIVE=eta is not None, BLOCK=packer.block,
+                                   ADAPTIVE=eta is not None, BLOCK=lay.block,
                                    LARGE=lay.large, **LAUNCH_OPTIONS)

@@ -135,7 +135,7 @@ def sumsq(packer: Packer, grads: TritonList, out: Tensor, accumulate: bool,
     partials = torch.empty(lay.nblocks, dtype=acc_torch, device=lay.device)
     _sumsq_kernel[(lay.nblocks,)](grads.table, w.table, packer.eta(eta, acc_torch, lay.device),
                                   lay.numels, lay.work, partials, DT=dt, ACC=acc,
-                                  ADAPTIVE=eta is not None, BLOCK=packer.block, LARGE=lay.large,
+                                  ADAPTIVE=eta is not None, BLOCK=lay.block, LARGE=lay.large,
                                   **LAUNCH_OPTIONS)
     _finish(partials, out, lay.nblocks, accumulate)
 
@@ -154,6 +154,6 @@ def final_sums(packer: Packer, points: TritonList, backups: TritonList, grads: T
     _final_kernel[(lay.nblocks,)](points.table, backups.table, grads.table,
                                   packer.eta(eta, acc_torch, lay.device), lay.numels, lay.work,
                                   partials, lay.nblocks, DT=dt, ACC=acc,
-                                  ADAPTIVE=eta is not None, BLOCK=packer.block, LARGE=lay.large,
+                                  ADAPTIVE=eta is not None, BLOCK=lay.block, LARGE=lay.large,
                                   **LAUNCH_OPTIONS)
     _finish(partials, out, lay.nblocks, accumulate)

@@ -175,7 +175,7 @@ def sgd_update(packer: Packer, params: TritonList, points: TritonList, backups: 
                                 lay.numels, lay.work, DT=dt, ACC=acc, MAXIMIZE=bool(maximize),
                                 ADAPTIVE=eta is not None, WEIGHT_DECAY=bool(weight_decay),
                                 MOMENTUM=bool(momentum), NESTEROV=bool(nesterov),
-                                INIT_BUFS=bool(init_bufs), BLOCK=packer.block, LARGE=lay.large,
+                                INIT_BUFS=bool(init_bufs), BLOCK=lay.block, LARGE=lay.large,
                                 **LAUNCH_OPTIONS)
 
 
@@ -192,5 +192,5 @@ def adam_update(packer: Packer, params: TritonList, points: TritonList, backups:
                                  packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
                                  lay.numels, lay.work, DT=dt, ACC=acc, MAXIMIZE=bool(maximize),
                                  ADAPTIVE=eta is not None, WEIGHT_DECAY=bool(weight_decay),
-                                 DECOUPLED=bool(decoupled), BLOCK=packer.block,
+                                 DECOUPLED=bool(decoupled), BLOCK=lay.block,
                                  LARGE=lay.large, **LAUNCH_OPTIONS)
