@@ -73,7 +73,8 @@ def _triton_targets() -> None:
     try:
         import triton  # noqa: F401
     except Exception as exc:
-        BACKENDS["triton-interpreter"] = BACKENDS["triton-cuda"] = f"triton is not importable: {exc}"
+        why = f"triton is not importable: {exc}"
+        BACKENDS["triton-interpreter"] = BACKENDS["triton-cuda"] = why
         return
     BACKENDS["triton-interpreter"] = Target(_triton_interpreter, sizes=tuple(SMALL_SIZES))
     if not torch.cuda.is_available():
