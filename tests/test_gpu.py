@@ -1,12 +1,10 @@
-"""The Triton backend on a CUDA device: phases vs reference, no host syncs, graphs, >2**31.
+"""The Triton backend on a CUDA device: no host syncs, CUDA graphs, >2**31 elements, devices.
 
-Skipped (not passed) where no CUDA device is visible. ``benchmarks/gpu_check.sh``
-runs these on a GPU machine (with tests/test_cuda_backend.py).
+What the phases compute on a GPU is checked by ``test_backend_contract.py`` (target
+``triton-cuda``). Skipped (not passed) where no CUDA device is visible;
+``benchmarks/gpu_check.sh`` runs these on a GPU machine (with tests/test_cuda_backend.py).
 """
 from __future__ import annotations
-
-import importlib
-import math
 
 import pytest
 import torch
@@ -14,24 +12,28 @@ from torch import nn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+from backend_contract import (ADAM_CASES, SGD_CASES, adam_hyper, clone_case,  # noqa: E402
+                              make_case, make_sc, sgd_hyper)
 from xsam_fast import XSAM  # noqa: E402
-from xsam_fast import coefficients as C  # noqa: E402
 from xsam_fast.backends import backend_status  # noqa: E402
+from xsam_fast.backends import base as B  # noqa: E402
 from xsam_fast.backends.reference import ReferenceBackend  # noqa: E402
 
 DEV = torch.device("cuda")
 SIZES = [1, 3, 1023, 0, 4096, 4097, 70001, 1 << 20]
-DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 REF = ReferenceBackend()
-KERNEL_MODULES = ["reductions", "perturb", "update"]
 
 
 @pytest.fixture(scope="module")
 def tm():
+    import triton_modules
+
     status = backend_status()
     if status["triton"]:
         pytest.fail(f"the triton backend is unavailable on a CUDA machine: {status['triton']}")
-    return importlib.import_module("xsam_fast.backends.triton")
+    if triton_modules.interpreted():
+        triton_modules.reload(interpret=False)
+    return triton_modules.backend_module()
 
 
 @pytest.fixture
@@ -39,139 +41,164 @@ def tb(tm):
     return tm.TritonBackend()
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+SGD = SGD_CASES["momentum-wd"]
 
 
-def _tensors(sizes, dtype, seed, scale=1.0):
-    gen = torch.Generator(device=DEV).manual_seed(seed)
-    return [(torch.randn(n, generator=gen, device=DEV) * scale).to(dtype) for n in sizes]
+class _Step:
+    """A bucket's packed lists and device vectors (``sc``, ``hyper``: made on ``device``
+    unless given), and one XSAM step with SGD over them."""
+
+    def __init__(self, tb, case, device=DEV, sc=None, hyper=None):
+        self.tb, self.sgd = tb, SGD
+        self.params = tb.pack(case["params"])
+        self.grads, self.backups, self.bufs = (tb.pack(case[k], like=self.params)
+                                               for k in ("grads", "backups", "bufs"))
+        self.sc = make_sc(device) if sc is None else sc
+        self.hyper = sgd_hyper(SGD, device) if hyper is None else hyper
+
+    def run(self) -> None:
+        tb, sc, h = self.tb, self.sc, self.sgd
+        tb.sumsq(self.grads, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+        tb.ascent_scalars(sc, first=True, check=True)
+        tb.backup_ascent(self.params, self.grads, self.backups, sc, self.hyper, backup=True)
+        tb.final_sums(self.params, self.backups, self.grads, sc[B.SUMS], accumulate=False)
+        tb.update_scalars(sc, check=True)
+        tb.sgd_update(self.params, self.params, self.backups, self.grads, self.bufs, sc,
+                      self.hyper, weight_decay=h["weight_decay"] != 0,
+                      momentum=h["momentum"] != 0, nesterov=h["nesterov"],
+                      maximize=h["maximize"], init_bufs=h["init_bufs"])
+
+    def state(self) -> list[torch.Tensor]:
+        return [t.clone() for t in (*self.params, *self.bufs, *self.backups, self.sc)]
+
+    def load(self, state: list[torch.Tensor]) -> None:
+        for t, s in zip((*self.params, *self.bufs, *self.backups, self.sc), state):
+            t.copy_(s)
 
 
-def _ordered(t):
-    i = t.view(torch.int16).to(torch.int32)
-    return torch.where(i < 0, -(i & 0x7FFF), i)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_triton_phases_make_no_host_sync(tb, layout):
+    """Packing (pinned, non-blocking copies), every phase and the scalar kernels run
+    under torch.cuda.set_sync_debug_mode("error")."""
+    case = make_case(torch.bfloat16, SIZES, layout=layout, device=DEV)
+    adam_h = ADAM_CASES["adamw"]
+    hyper_adam = adam_hyper(adam_h, DEV)
+    steps = torch.full((len(SIZES),), adam_h["step"], device=DEV)
+    coeffs = torch.tensor([0.3, -0.2], dtype=torch.float64, device=DEV)
+    sc, hyper = make_sc(DEV), sgd_hyper(SGD, DEV)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step = _Step(tb, case, sc=sc, hyper=hyper)
+        step.run()
+        sq = tb.pack(case["sq"], like=step.params)
+        tb.write_point(step.bufs, step.params, step.backups, step.grads, coeffs, eta=0.05)
+        tb.adam_update(step.params, step.params, step.backups, step.grads, step.bufs, sq, steps,
+                       step.sc, hyper_adam, weight_decay=True, decoupled=True, maximize=False)
+        tb.plain_scalars(step.sc, check=True)
+        tb.write_grad_restore(step.params, step.params, step.backups, step.grads,
+                              step.sc[B.COEFFS])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(p).all() for p in case["params"])
 
 
-def assert_match(ours, ref, what=""):
-    """fp32: rtol 1e-6, fp64: 1e-12, fp16/bf16: at most 1 ulp of the stored value."""
-    for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
-        if a.numel() == 0:
-            continue
-        if a.dtype in (torch.float16, torch.bfloat16):
-            ulps = (_ordered(a) - _ordered(b)).abs()
-            bad = (ulps > 1).nonzero().flatten()
-            assert bad.numel() == 0, (f"{what}[{k}]: {bad.numel()} elements > 1 ulp, e.g. "
-                                      f"{a[bad[:5]].tolist()} vs {b[bad[:5]].tolist()}")
-        else:
-            rtol = 1e-12 if a.dtype == torch.float64 else 1e-6
-            torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * 1e-2,
-                                       msg=lambda m: f"{what}[{k}]: {m}")
+def test_triton_step_captures_in_a_cuda_graph(tb):
+    """sumsq -> ascent scalars -> ascent -> final sums -> update scalars -> SGD update,
+    captured once and replayed: equal to the eager step, and a learning rate written
+    into ``hyper`` (as a scheduler would) is used by the next replay."""
+    step = _Step(tb, make_case(torch.float32, [1023, 4097, 1, 70001], device=DEV))
+    start = step.state()
+    step.run()  # eager: compiles the kernels and builds every table first
+    eager = step.state()
+    step.hyper[B.H_LR] = 0.01
+    step.load(start)
+    step.run()
+    eager_lr = step.state()
+    step.hyper[B.H_LR] = SGD["lr"]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires
+        step.load(start)
+        step.run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    step.load(start)
+    with torch.cuda.graph(graph):
+        step.run()
+    for lr, want in ((SGD["lr"], eager), (0.01, eager_lr)):
+        step.hyper[B.H_LR].fill_(lr)
+        step.load(start)
+        graph.replay()
+        torch.cuda.synchronize()
+        for i, (got, ref) in enumerate(zip(step.state(), want)):
+            assert torch.equal(got, ref), f"lr {lr}: tensor {i} differs after replay"
 
 
-def _setup(dtype, sizes=SIZES):
-    backups, grads = _tensors(sizes, dtype, 0), _tensors(sizes, dtype, 1)
-    points = [(b.double() + 0.1 * d.double()).to(dtype)
-              for b, d in zip(backups, _tensors(sizes, dtype, 2))]
-    return points, backups, grads, torch.tensor([0.8, -0.35], dtype=_acc(dtype), device=DEV)
+def test_triton_tensor_over_2_31_elements(tb):
+    n = 2**31 + 4099
+    need = 3 * n * 2 + (1 << 30)
+    if torch.cuda.mem_get_info()[0] < need:
+        pytest.skip(f"needs {need / 2**30:.1f} GiB free on the GPU")
+    p = torch.zeros(n, dtype=torch.bfloat16, device=DEV)
+    g = torch.zeros_like(p)
+    tail = torch.arange(1, 5000, device=DEV, dtype=torch.float32) / 1000
+    g[-tail.numel():] = tail.to(torch.bfloat16)
+    g[:3] = 1.0
+    b = torch.empty_like(p)
+    params = tb.pack([p])
+    assert params.layout.large
+    grads, backups = tb.pack([g], like=params), tb.pack([b], like=params)
+    sc = make_sc(DEV, eps=0.0)
+    tb.sumsq(grads, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+    expected = float((tail.to(torch.bfloat16).double() ** 2).sum()) + 3.0
+    assert abs(sc[B.SUMSQ].item() - expected) <= 1e-5 * expected
+    hyper = torch.zeros(B.NHYPER, dtype=torch.float64, device=DEV)
+    hyper[B.H_RADIUS] = 2 * sc[B.SUMSQ].sqrt()  # ascent scale 2 exactly
+    tb.backup_ascent(params, grads, backups, sc, hyper, backup=True)
+    assert torch.equal(p[-tail.numel():], (2 * g[-tail.numel():].float()).to(torch.bfloat16))
+    assert torch.equal(p[:3].float(), torch.full((3,), 2.0, device=DEV))
+    assert int((b != 0).sum()) == 0
 
 
-def _clone(ts):
-    return [t.clone() for t in ts]
+def test_triton_vectorized_loads_in_ptx(tb, tm):
+    """The kernel compiled at run time for aligned fp32 tensors has 128-bit loads."""
+    from xsam_fast.triton_kernels import update
+
+    step = _Step(tb, make_case(torch.float32, [4096 * 3, 4096], device=DEV))
+    step.run()
+    kernels = list(_compiled(update._sgd_kernel))
+    assert kernels, "found no compiled SGD kernel in Triton's cache"
+    ptx = "\n".join(k.asm.get("ptx", "") for k in kernels)
+    assert "ld.global.v4.b32" in ptx, "no 128-bit global loads in the SGD kernel"
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_triton_phases_match_reference_on_cuda(tb, dtype):
-    points, backups, grads, coeffs = _setup(dtype)
-    rtol = 1e-12 if dtype == torch.float64 else 1e-6
-    # reductions, against a float64 ground truth scaled by the sum of |terms|
-    truth = torch.zeros(3, dtype=torch.float64, device=DEV)
-    mag = torch.zeros(3, dtype=torch.float64, device=DEV)
-    for x, b, g in zip(points, backups, grads):
-        d, gw = x.double() - b.double(), g.double()
-        for k, term in enumerate((gw * gw, d * d, d * gw)):
-            truth[k] += term.sum()
-            mag[k] += term.abs().sum()
-    sums = tb.final_sums(points, backups, grads)
-    assert sums.device.type == "cuda" and sums.dtype == _acc(dtype)
-    assert ((sums.double() - truth).abs() <= rtol * mag).all(), (sums, truth)
-    assert abs(float(tb.sumsq(grads)) - float(truth[0])) <= rtol * float(mag[0])
-    # elementwise phases
-    scale = torch.tensor(0.037, dtype=_acc(dtype), device=DEV)
-    p1, p2, b1, b2 = _clone(points), _clone(points), _clone(grads), _clone(grads)
-    tb.backup_ascent(p1, grads, b1, scale, True)
-    REF.backup_ascent(p2, grads, b2, scale, True)
-    assert_match(p1, p2, "ascent")
-    assert all(torch.equal(x, y) for x, y in zip(b1, b2))
-    o1, o2 = [torch.empty_like(p) for p in points], [torch.empty_like(p) for p in points]
-    tb.write_point(o1, points, backups, grads, coeffs)
-    REF.write_point(o2, points, backups, grads, coeffs)
-    assert_match(o1, o2, "write_point")
-    p1, p2, g1, g2 = _clone(points), _clone(points), _clone(grads), _clone(grads)
-    tb.write_grad_restore(p1, p1, backups, g1, coeffs)
-    REF.write_grad_restore(p2, p2, backups, g2, coeffs)
-    assert_match(g1, g2, "write_grad_restore")
-    assert all(torch.equal(x, b) for x, b in zip(p1, backups))
-    for nesterov, init in ((False, True), (True, False)):
-        bufs = _tensors(SIZES, dtype, 5)
-        p1, p2, k1, k2 = _clone(points), _clone(points), _clone(bufs), _clone(bufs)
-        kw = dict(lr=0.05, weight_decay=5e-4, momentum=0.9, dampening=0.1, nesterov=nesterov,
-                  maximize=False, init_bufs=init)
-        tb.sgd_update(p1, p1, backups, grads, k1, coeffs, **kw)
-        REF.sgd_update(p2, p2, backups, grads, k2, coeffs, **kw)
-        assert_match(p1, p2, "sgd")
-        assert_match(k1, k2, "sgd bufs")
-    for decoupled in (True, False):
-        ms, vs = _tensors(SIZES, dtype, 6, 0.1), [v.abs() for v in _tensors(SIZES, dtype, 7, 0.1)]
-        p1, p2, m1, m2, v1, v2 = (_clone(t) for t in (points, points, ms, ms, vs, vs))
-        kw = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2,
-                  decoupled=decoupled, maximize=False, step_size=1e-3 / (1 - 0.9 ** 3),
-                  bias_correction2_sqrt=math.sqrt(1 - 0.999 ** 3))
-        tb.adam_update(p1, p1, backups, grads, m1, v1, coeffs, **kw)
-        REF.adam_update(p2, p2, backups, grads, m2, v2, coeffs, **kw)
-        assert_match(m1, m2, "exp_avg")
-        assert_match(v1, v2, "exp_avg_sq")
-        assert_match(p1, p2, "adam")
+def _compiled(kernel):
+    caches = getattr(kernel, "device_caches", {})
+    for entry in caches.values():
+        cache = entry[0] if isinstance(entry, tuple) else entry
+        yield from cache.values()
 
 
-def test_triton_reductions_deterministic_on_cuda(tb, tm):
-    points, backups, grads, _ = _setup(torch.float32)
-    first = tb.final_sums(points, backups, grads)
-    for other in (tb, tm.TritonBackend()):
-        for _ in range(3):
-            assert torch.equal(other.final_sums(points, backups, grads), first)
-            assert torch.equal(other.sumsq(grads), tb.sumsq(grads))
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_triton_launches_on_the_tensors_device(tb):
+    """Tensors on cuda:1 while cuda:0 is current: every launch runs on cuda:1."""
+    dev = torch.device("cuda", 1)
+    case = make_case(torch.float32, [1023, 4097], device=dev)
+    want_case = clone_case({k: [t.cpu() for t in v] for k, v in case.items()})
+    with torch.cuda.device(0):
+        step = _Step(tb, case, device=dev)
+        step.run()
+        torch.cuda.synchronize(dev)
+    ref = _Step(REF, want_case, device=torch.device("cpu"))
+    ref.run()
+    for got, want in zip(step.state(), ref.state()):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-6)
 
 
-def test_triton_launches_per_phase_cuda(tb, monkeypatch):
-    counter = {"n": 0}
-    for name in KERNEL_MODULES:
-        module = importlib.import_module(f"xsam_fast.triton_kernels.{name}")
-        for attr in vars(module).values():
-            run = getattr(attr, "run", None)
-            if run is None or not hasattr(attr, "fn") or not hasattr(attr, "__getitem__"):
-                continue
-
-            def counted(*args, _run=run, **kwargs):
-                counter["n"] += 1
-                return _run(*args, **kwargs)
-
-            monkeypatch.setattr(attr, "run", counted)
-    counts = []
-    for n in (3, 30, 300):
-        points, backups, grads, coeffs = _setup(torch.float32, [(37 * i) % 5000 + 1
-                                                               for i in range(n)])
-        before = counter["n"]
-        tb.sumsq(grads)
-        tb.backup_ascent(points, grads, backups, coeffs[0], True)
-        tb.final_sums(points, backups, grads)
-        tb.sgd_update(points, points, backups, grads, _clone(grads), coeffs, lr=0.1,
-                      weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=False,
-                      maximize=False, init_bufs=False)
-        counts.append(counter["n"] - before)
-    assert counts == [6, 6, 6]
-
-
+# ------------------------------------------------------------------ optimizer level
 def _model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
@@ -229,78 +256,3 @@ def test_triton_optimizer_matches_reference_on_cuda(dtype):
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-2)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, **tol)
-
-
-def test_triton_phases_capture_in_cuda_graph(tb):
-    """sumsq -> ascent -> final sums -> coefficients -> SGD update, captured and replayed."""
-    points, backups, grads, _ = _setup(torch.float32, [1023, 4097, 1, 70001])
-    params0 = _clone(points)
-    bufs = [torch.zeros_like(p) for p in points]
-
-    def phases(params, bufs):
-        scale = C.ascent_scale(tb.sumsq(grads), 0.05, 1e-12)
-        tb.backup_ascent(params, grads, backups, scale, True)
-        psi, norm_g, norm_d = C.angle(tb.final_sums(params, backups, grads), 1e-12)
-        coeffs = C.interpolation_coefficients(norm_g, 0.7, psi, norm_g, norm_d, 1e-12)
-        tb.sgd_update(params, params, backups, grads, bufs, coeffs, lr=0.1, weight_decay=5e-4,
-                      momentum=0.9, dampening=0.0, nesterov=False, maximize=False,
-                      init_bufs=False)
-
-    eager_p, eager_b = _clone(params0), _clone(bufs)
-    phases(eager_p, eager_b)  # also builds and caches every table before the capture
-    graph_p, graph_b = _clone(params0), _clone(bufs)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires
-        phases(_clone(params0), _clone(bufs))
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        phases(graph_p, graph_b)
-    for p, p0 in zip(graph_p, params0):
-        p.copy_(p0)
-    graph.replay()
-    torch.cuda.synchronize()
-    for a, b in zip(graph_p + graph_b, eager_p + eager_b):
-        assert torch.equal(a, b)
-
-
-def test_triton_tensor_over_2_31_elements(tb):
-    n = 2**31 + 4099
-    need = 3 * n * 2 + (1 << 30)
-    if torch.cuda.mem_get_info()[0] < need:
-        pytest.skip(f"needs {need / 2**30:.1f} GiB free on the GPU")
-    p = torch.zeros(n, dtype=torch.bfloat16, device=DEV)
-    g = torch.zeros_like(p)
-    tail = torch.arange(1, 5000, device=DEV, dtype=torch.float32) / 1000
-    g[-tail.numel():] = tail.to(torch.bfloat16)
-    g[:3] = 1.0
-    expected = float((tail.to(torch.bfloat16).double() ** 2).sum()) + 3.0
-    assert abs(float(tb.sumsq([g])) - expected) <= 1e-5 * expected
-    b = torch.empty_like(p)
-    tb.backup_ascent([p], [g], [b], torch.tensor(2.0, device=DEV), True)
-    assert torch.equal(p[-tail.numel():], (2 * g[-tail.numel():].float()).to(torch.bfloat16))
-    assert torch.equal(p[:3].float(), torch.full((3,), 2.0, device=DEV))
-    assert int((b != 0).sum()) == 0
-
-
-def test_triton_vectorized_loads_in_ptx(tb):
-    """The alignment hints work: the compiled SGD kernel uses vector loads for fp32."""
-    from xsam_fast.triton_kernels import update
-
-    points, backups, grads, coeffs = _setup(torch.float32, [4096 * 3, 4096])
-    tb.sgd_update(points, points, backups, grads, _clone(grads), coeffs, lr=0.1,
-                  weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=False,
-                  maximize=False, init_bufs=False)
-    kernels = list(_compiled(update._sgd_kernel))
-    assert kernels, "found no compiled SGD kernel in Triton's cache"
-    ptx = "\n".join(k.asm.get("ptx", "") for k in kernels)
-    assert "ld.global" in ptx
-    assert ".v4." in ptx or ".v2." in ptx, "no vectorised global loads in the SGD kernel"
-
-
-def _compiled(kernel):
-    caches = getattr(kernel, "device_caches", {})
-    for entry in caches.values():
-        cache = entry[0] if isinstance(entry, tuple) else entry
-        yield from cache.values()

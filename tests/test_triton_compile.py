@@ -6,13 +6,12 @@ but the interpreter runs them as numpy and never sees Triton's GPU compiler.
 (TTIR, TTGIR, LLVM IR, PTX, and ptxas, which ships with Triton) on this machine:
 a kernel that the compiler rejects, or that needs shared memory beyond the
 target's, fails here. Each kernel is compiled for every parameter dtype with its
-switches all off and all on (with int64 offsets and alignment hints), with the
-launch options of the backend (warps, no fp fusion).
+switches all off and all on (int64 offsets included), with the launch options of
+the backend (warps, no fp fusion). The PTX is checked for what the tests on CPU
+cannot see: 128-bit accesses on the aligned path, no fma contraction, IEEE float64
+scalar math.
 """
 from __future__ import annotations
-
-import importlib
-import os
 
 import pytest
 
@@ -23,47 +22,52 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 import torch  # noqa: E402
-
-KERNEL_MODULES = ["config", "common", "tables", "reductions", "perturb", "update"]
+import triton_modules  # noqa: E402
 
 #: kernel -> (module, types of the non-constexpr arguments; "acc" is the accumulation
-#: dtype's pointer, tables and lengths are int64 pointers, the work list int32)
+#: dtype's pointer, "*fp64" the device scalars and hyper-parameters, tables and lengths
+#: are int64 pointers, the work list int32)
 KERNELS = {
     "_sumsq_kernel": ("reductions", dict(X="*i64", W="*i64", eta="acc", numels="*i64",
                                          work="*i32", partials="acc")),
     "_final_kernel": ("reductions", dict(P="*i64", B="*i64", G="*i64", eta="acc",
                                          numels="*i64", work="*i32", partials="acc",
                                          nblocks="i32")),
-    "_finish_kernel": ("reductions", dict(partials="acc", out="acc", nblocks="i32")),
-    "_ascent_kernel": ("perturb", dict(P="*i64", G="*i64", B="*i64", scale="acc", eta="acc",
-                                       numels="*i64", work="*i32")),
-    "_interp_kernel": ("perturb", dict(OUT="*i64", X="*i64", B="*i64", G="*i64", coeffs="acc",
-                                       eta="acc", numels="*i64", work="*i32")),
+    "_finish_kernel": ("reductions", dict(partials="acc", out="*fp64", nblocks="i32")),
+    "_ascent_kernel": ("perturb", dict(P="*i64", G="*i64", B="*i64", sc="*fp64",
+                                       hyper="*fp64", eta="acc", numels="*i64", work="*i32")),
+    "_interp_kernel": ("perturb", dict(OUT="*i64", X="*i64", B="*i64", G="*i64",
+                                       coeffs="*fp64", eta="acc", numels="*i64",
+                                       work="*i32")),
     "_sgd_kernel": ("update", dict(P="*i64", X="*i64", B="*i64", G="*i64", BUF="*i64",
-                                   coeffs="acc", hyper="acc", eta="acc", numels="*i64",
+                                   sc="*fp64", hyper="*fp64", eta="acc", numels="*i64",
                                    work="*i32")),
     "_adam_kernel": ("update", dict(P="*i64", X="*i64", B="*i64", G="*i64", M="*i64", V="*i64",
-                                    coeffs="acc", hyper="acc", eta="acc", numels="*i64",
-                                    work="*i32")),
+                                    steps="*fp32", sc="*fp64", hyper="*fp64", eta="acc",
+                                    numels="*i64", work="*i32")),
+    "_ascent_scalars_kernel": ("scalars", dict(sc="*fp64")),
+    "_plain_scalars_kernel": ("scalars", dict(sc="*fp64")),
+    "_update_scalars_kernel": ("scalars", dict(sc="*fp64")),
 }
+#: kernels without an element dtype: compiled for their accumulation dtypes only
+#: (_finish_kernel) or once (the float64 scalar kernels)
+NO_ELEMENT_DTYPE = {"_finish_kernel": (torch.float32, torch.float64),
+                    "_ascent_scalars_kernel": (torch.float64,),
+                    "_plain_scalars_kernel": (torch.float64,),
+                    "_update_scalars_kernel": (torch.float64,)}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+DTYPE_IDS = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16",
+             torch.float16: "fp16"}
 _ACC_NAMES = {tl.float32: "*fp32", tl.float64: "*fp64"}
 
 
 @pytest.fixture(scope="module")
 def kernels():
     """The kernel modules built as ``JITFunction`` s (not for the interpreter)."""
-    mp = pytest.MonkeyPatch()
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if interpreted:
-        mp.delenv("TRITON_INTERPRET")
-    modules = {name: importlib.reload(importlib.import_module(f"xsam_fast.triton_kernels.{name}"))
-               for name in KERNEL_MODULES}
-    yield modules
-    mp.undo()
-    if interpreted:
-        for name in KERNEL_MODULES:
-            importlib.reload(importlib.import_module(f"xsam_fast.triton_kernels.{name}"))
+    if triton_modules.interpreted():
+        triton_modules.reload(interpret=False)
+    yield {name: triton_modules.kernel_module(name) for name in triton_modules.KERNEL_MODULES}
+    triton_modules.restore()
 
 
 def _compile(kernels, name: str, dtype: torch.dtype, switches: bool, arch: int):
@@ -90,21 +94,17 @@ def _compile(kernels, name: str, dtype: torch.dtype, switches: bool, arch: int):
         else:  # a switch: ADAPTIVE, MOMENTUM, LARGE, ALIGNED, ...
             constexprs[arg] = switches
     assert set(signature) == set(fn.arg_names), f"{name}: signature out of date"
-    options = {k: v for k, v in config.LAUNCH_OPTIONS.items()}
+    options = dict(config.SCALAR_OPTIONS if module == "scalars" else config.LAUNCH_OPTIONS)
     return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
                           target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def _sm90_cases():
-    """(kernel, dtype, switches); _finish_kernel has neither an element dtype nor
-    switches, so it is compiled for its two accumulation dtypes only."""
+    """(kernel, dtype, switches)."""
     for name in KERNELS:
-        for dtype in DTYPES:
+        for dtype in NO_ELEMENT_DTYPE.get(name, DTYPES):
             for switches in (False, True):
-                if name == "_finish_kernel" and (dtype in (torch.bfloat16, torch.float16)
-                                                 or switches):
-                    continue
-                yield pytest.param(name, dtype, switches, id=f"{name}-{str(dtype)[6:]}-"
+                yield pytest.param(name, dtype, switches, id=f"{name}-{DTYPE_IDS[dtype]}-"
                                    f"switches-{'on' if switches else 'off'}")
 
 
@@ -113,12 +113,15 @@ def test_kernel_compiles_for_sm90(kernels, name, dtype, switches):
     compiled = _compile(kernels, name, dtype, switches, 90)
     assert compiled.asm["cubin"], "ptxas produced no binary"
     assert ".target sm_90" in compiled.asm["ptx"]
-    assert compiled.metadata.num_warps == kernels["config"].NUM_WARPS
+    options = kernels["config"].SCALAR_OPTIONS if KERNELS[name][0] == "scalars" \
+        else kernels["config"].LAUNCH_OPTIONS
+    assert compiled.metadata.num_warps == options["num_warps"]
 
 
 @pytest.mark.parametrize("name", list(KERNELS))
 def test_kernel_compiles_for_sm80_bf16(kernels, name):
-    compiled = _compile(kernels, name, torch.bfloat16, True, 80)
+    dtype = NO_ELEMENT_DTYPE.get(name, (torch.bfloat16,))[0]
+    compiled = _compile(kernels, name, dtype, True, 80)
     assert compiled.asm["cubin"] and ".target sm_80" in compiled.asm["ptx"]
 
 
@@ -127,3 +130,40 @@ def test_no_fp_fusion_in_the_ptx(kernels):
     separate multiply and add (one rounding each, as in the reference backend)."""
     ptx = _compile(kernels, "_ascent_kernel", torch.float32, False, 90).asm["ptx"]
     assert "fma.rn.f32" not in ptx and "mul.rn.f32" in ptx and "add.rn.f32" in ptx
+
+
+#: 128-bit global accesses by element dtype (fp16 and bf16 move as packed b32 words)
+VECTOR_LOAD = {torch.float32: "ld.global.v4.b32", torch.bfloat16: "ld.global.v4.b32",
+               torch.float16: "ld.global.v4.b32", torch.float64: "ld.global.v2.b64"}
+VECTOR_STORE = {dtype: op.replace("ld.", "st.") for dtype, op in VECTOR_LOAD.items()}
+#: PTX of one scalar (element) global load
+SCALAR_LOAD = {torch.float32: "ld.global.b32", torch.bfloat16: "ld.global.b16",
+               torch.float16: "ld.global.b16", torch.float64: "ld.global.b64"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("name", ["_sumsq_kernel", "_final_kernel", "_ascent_kernel",
+                                  "_interp_kernel", "_sgd_kernel", "_adam_kernel"])
+def test_aligned_path_is_vectorised(kernels, name, dtype):
+    """The hinted path of a multi-tensor kernel (full chunks of 16-byte aligned tensors)
+    moves 128 bits per access; the same launch keeps element accesses for the others."""
+    ptx = _compile(kernels, name, dtype, False, 90).asm["ptx"]
+    assert VECTOR_LOAD[dtype] in ptx, f"no {VECTOR_LOAD[dtype]} in {name}"
+    assert SCALAR_LOAD[dtype] in ptx, f"no element loads ({SCALAR_LOAD[dtype]}) in {name}"
+    if name not in ("_sumsq_kernel", "_final_kernel"):
+        assert VECTOR_STORE[dtype] in ptx, f"no {VECTOR_STORE[dtype]} in {name}"
+
+
+def test_float64_scalar_math_is_ieee(kernels):
+    """The step's scalars and Adam's bias corrections are computed in float64 with
+    IEEE-rounded division and square root and libdevice's exp2/log2 (inlined), no
+    approximate instruction; the one exception is the ``rcp.approx.ftz.f64`` seed that
+    libdevice's log2 refines (one per log2: beta1 and beta2)."""
+    ptx = _compile(kernels, "_update_scalars_kernel", torch.float64, True, 90).asm["ptx"]
+    assert "div.rn.f64" in ptx and "sqrt.rn.f64" in ptx
+    assert ".approx" not in ptx
+    for dtype in (torch.float32, torch.float64):
+        ptx = _compile(kernels, "_adam_kernel", dtype, True, 90).asm["ptx"]
+        assert "div.rn.f64" in ptx and "sqrt.rn.f64" in ptx, DTYPE_IDS[dtype]
+        approx = [line.split()[0] for line in ptx.splitlines() if ".approx" in line]
+        assert approx == ["rcp.approx.ftz.f64"] * 2, (DTYPE_IDS[dtype], approx)

@@ -1,17 +1,30 @@
-"""Device-side helpers shared by every kernel: find the chunk, load, store.
+"""Device-side helpers shared by the multi-tensor kernels: find the chunk, load, store.
 
-Every kernel of this package runs one program per *chunk*: ``BLOCK``
-consecutive elements of one tensor of a bucket. The program reads its
-``(tensor index, chunk index)`` pair from the work list built on the host
-(:mod:`.tables`), the tensor's length from the length table, and the tensor's
-address from a pointer table (one int64 ``data_ptr()`` per tensor). Full
-chunks load and store without a mask (so the compiler can vectorise); only the
-last chunk of a tensor is masked.
+Every multi-tensor kernel of this package runs one program per *chunk*:
+``BLOCK`` consecutive elements (in memory order) of one tensor of a bucket. The
+program reads its ``(tensor index, chunk index)`` pair from the work list built
+on the host (:mod:`.packing`), the tensor's length from the length table, and
+the tensor's address from each list's pointer table (one int64 ``data_ptr()``
+per tensor). A program takes one of three paths:
+
+* a full chunk of tensors whose addresses in every list are multiples of
+  :data:`VECTOR` bytes: loads and stores without a mask, with an alignment hint,
+  so the compiler emits 128-bit vector accesses;
+* a full chunk of any other tensor: no mask, no hint (element accesses);
+* the last, partial chunk of a tensor: masked.
+
+The choice is made per program at run time from the addresses themselves (the
+alignment flag of a tensor is the low bits of its pointer-table entries), so one
+misaligned tensor does not slow down the others of its launch.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from .config import VECTOR_BYTES
+
+VECTOR: tl.constexpr = tl.constexpr(VECTOR_BYTES)
 
 
 @triton.jit
@@ -32,6 +45,13 @@ def locate(work, numels, BLOCK: tl.constexpr, LARGE: tl.constexpr):
     return t, c * BLOCK, n
 
 
+@triton.jit
+def aligned(addresses):
+    """Whether the OR of some tensors' addresses (int64) is a multiple of ``VECTOR`` bytes,
+    i.e. every one of them is."""
+    return (addresses & (VECTOR - 1)) == 0
+
+
 #: the combine function of ``tl.sum``. Reducing with it through ``tl.reduce`` is
 #: ``tl.sum`` on a GPU, and under the interpreter it takes numpy's fast path even
 #: when Triton was imported before ``TRITON_INTERPRET`` was set (``tl.sum`` itself
@@ -46,26 +66,26 @@ def block_sum(x):
 
 
 @triton.jit
-def tensor_ptr(table, t, DT: tl.constexpr, ALIGNED: tl.constexpr):
-    """Typed pointer to tensor ``t`` of a pointer table (16-byte aligned if ``ALIGNED``)."""
-    p = tl.load(table + t).to(tl.pointer_type(DT))
+def typed(address, DT: tl.constexpr, ALIGNED: tl.constexpr):
+    """``address`` (int64) as a pointer to ``DT`` (``VECTOR``-byte aligned if ``ALIGNED``)."""
+    p = address.to(tl.pointer_type(DT))
     if ALIGNED:
-        p = tl.multiple_of(p, 16)
+        p = tl.multiple_of(p, VECTOR)
     return p
 
 
 @triton.jit
-def load(table, t, offs, n, DT: tl.constexpr, ACC: tl.constexpr, MASKED: tl.constexpr,
+def load(address, offs, n, DT: tl.constexpr, ACC: tl.constexpr, MASKED: tl.constexpr,
          ALIGNED: tl.constexpr):
-    """Elements ``offs`` of tensor ``t``, widened to ``ACC`` (0 outside the tensor).
+    """Elements ``offs`` of the tensor at ``address``, widened to ``ACC`` (0 past ``n``).
 
     bfloat16 is widened on the bits (exact, subnormals included, on the GPU and
     in the interpreter, whose own cast flushes subnormals).
     """
     if DT == tl.bfloat16:
-        p = tensor_ptr(table, t, tl.uint16, ALIGNED)
+        p = typed(address, tl.uint16, ALIGNED)
     else:
-        p = tensor_ptr(table, t, DT, ALIGNED)
+        p = typed(address, DT, ALIGNED)
     if MASKED:
         x = tl.load(p + offs, mask=offs < n, other=0)
     else:
@@ -89,9 +109,9 @@ def to_bf16_rne(x):
 
 
 @triton.jit
-def store(table, t, offs, n, x, DT: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr):
-    """Store ``x`` (accumulation dtype) into tensor ``t``, rounded to nearest even."""
-    p = tensor_ptr(table, t, DT, ALIGNED)
+def store(address, offs, n, x, DT: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr):
+    """Store ``x`` (accumulation dtype) at ``address``, rounded to nearest even."""
+    p = typed(address, DT, ALIGNED)
     if DT == tl.bfloat16:
         v = to_bf16_rne(x)
     else:
@@ -124,3 +144,10 @@ def sqrt(x, ACC: tl.constexpr):
 def asam_t(theta0, eta_ptr, ACC: tl.constexpr):
     """ASAM's ``T = |theta_0| + eta`` (``eta`` read from a 1-element device tensor)."""
     return tl.abs(theta0) + tl.load(eta_ptr).to(ACC)
+
+
+@triton.jit
+def asam_q(d, tt, ACC: tl.constexpr):
+    """``d / (T*T)``, and 0 where ``T*T`` is 0 (never ``0 / 0``)."""
+    nonzero = tt != 0
+    return tl.where(nonzero, div(d, tl.where(nonzero, tt, 1.0), ACC), 0.0)

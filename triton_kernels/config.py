@@ -7,8 +7,7 @@ operations, so it gets large chunks; GPUs get 4096-element chunks (enough
 programs to fill an H100/H200 even for small models) with 8 warps.
 
 Overrides (environment, read at import): ``XSAM_TRITON_BLOCK`` (elements per
-program, a power of two), ``XSAM_TRITON_NUM_WARPS``, ``XSAM_TRITON_NO_HINTS=1``
-(no 16-byte alignment hints on table pointers).
+program, a power of two), ``XSAM_TRITON_NUM_WARPS``.
 """
 from __future__ import annotations
 
@@ -26,8 +25,9 @@ DEFAULT_BLOCK = int(os.environ.get("XSAM_TRITON_BLOCK", 65536 if INTERPRET else 
 NUM_WARPS = int(os.environ.get("XSAM_TRITON_NUM_WARPS", 8))
 #: elements per iteration of the second stage of the reductions
 REDUCE_BLOCK = 1024
-#: give the compiler 16-byte alignment hints for table pointers that are aligned
-ALIGN_HINTS = os.environ.get("XSAM_TRITON_NO_HINTS", "0") != "1"
+#: bytes of the widest vector load; a tensor whose address is a multiple of it takes the
+#: kernels' hinted (vectorised) path
+VECTOR_BYTES = 16
 
 #: torch dtype -> (Triton element dtype, Triton accumulation dtype)
 DTYPES = {
@@ -37,10 +37,12 @@ DTYPES = {
     torch.float64: (tl.float64, tl.float64),
 }
 
-#: keyword options of every launch. No fp fusion: the kernels round after each
-#: operation, like the reference backend (no fma contraction), so results match
+#: keyword options of every multi-tensor launch. No fp fusion: the kernels round after
+#: each operation, like the reference backend (no fma contraction), so results match
 #: it; the passes are memory-bound, so this costs nothing measurable.
 LAUNCH_OPTIONS = dict(num_warps=NUM_WARPS, enable_fp_fusion=False)
+#: options of the single-program scalar kernels (float64 scalar math, one warp)
+SCALAR_OPTIONS = dict(num_warps=1, enable_fp_fusion=False)
 
 
 def check_block(block: int) -> int:

@@ -1,52 +1,57 @@
 """Deterministic multi-tensor reductions: ``sum ||x||^2`` and the final sums.
 
 Two stages, no atomics: each program writes the partial sums of its chunk into
-its own slot, then one small kernel adds the slots of each sum in a fixed
-order. The same inputs and block size give bit-identical results.
+its own slot (accumulation dtype), then one small kernel adds the slots of each
+sum in a fixed order, converts the total to float64 once and writes it into (or,
+``accumulate``, adds it to) the float64 ``out`` on the device (a view of the
+step's scalar vector). The same inputs and block size give bit-identical results.
 """
 from __future__ import annotations
-
-from typing import Sequence
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import asam_t, block_sum, div, load, locate
+from ..coefficients import accumulation_dtype
+from .common import aligned, asam_t, block_sum, div, load, locate
 from .config import DTYPES, LAUNCH_OPTIONS, REDUCE_BLOCK
-from .tables import Tables
+from .packing import Packer, TritonList, same_layout
 
 
 @triton.jit
-def _sumsq_chunk(X, W, eta, t, offs, n, partials, DT: tl.constexpr, ACC: tl.constexpr,
+def _sumsq_chunk(x_at, w_at, eta, offs, n, partials, DT: tl.constexpr, ACC: tl.constexpr,
                  ADAPTIVE: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr):
-    x = load(X, t, offs, n, DT, ACC, MASKED, ALIGNED)
+    x = load(x_at, offs, n, DT, ACC, MASKED, ALIGNED)
     if ADAPTIVE:  # ||T g||^2, T from theta_0 in W
-        x = asam_t(load(W, t, offs, n, DT, ACC, MASKED, ALIGNED), eta, ACC) * x
+        x = asam_t(load(w_at, offs, n, DT, ACC, MASKED, ALIGNED), eta, ACC) * x
     tl.store(partials + tl.program_id(0), block_sum(x * x))
 
 
 @triton.jit
 def _sumsq_kernel(X, W, eta, numels, work, partials, DT: tl.constexpr, ACC: tl.constexpr,
-                  ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr, LARGE: tl.constexpr,
-                  ALIGNED: tl.constexpr):
+                  ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr, LARGE: tl.constexpr):
     t, start, n = locate(work, numels, BLOCK, LARGE)
     offs = start + tl.arange(0, BLOCK)
+    x_at = tl.load(X + t)
+    w_at = tl.load(W + t)
     if start + BLOCK <= n:
-        _sumsq_chunk(X, W, eta, t, offs, n, partials, DT, ACC, ADAPTIVE, False, ALIGNED)
+        if aligned(x_at | w_at):
+            _sumsq_chunk(x_at, w_at, eta, offs, n, partials, DT, ACC, ADAPTIVE, False, True)
+        else:
+            _sumsq_chunk(x_at, w_at, eta, offs, n, partials, DT, ACC, ADAPTIVE, False, False)
     else:
-        _sumsq_chunk(X, W, eta, t, offs, n, partials, DT, ACC, ADAPTIVE, True, ALIGNED)
+        _sumsq_chunk(x_at, w_at, eta, offs, n, partials, DT, ACC, ADAPTIVE, True, False)
 
 
 @triton.jit
-def _final_chunk(P, B, G, eta, t, offs, n, partials, nblocks, DT: tl.constexpr,
+def _final_chunk(p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT: tl.constexpr,
                  ACC: tl.constexpr, ADAPTIVE: tl.constexpr, MASKED: tl.constexpr,
                  ALIGNED: tl.constexpr):
     pid = tl.program_id(0)
-    b = load(B, t, offs, n, DT, ACC, MASKED, ALIGNED)
-    d = load(P, t, offs, n, DT, ACC, MASKED, ALIGNED) - b
-    g = load(G, t, offs, n, DT, ACC, MASKED, ALIGNED)
+    b = load(b_at, offs, n, DT, ACC, MASKED, ALIGNED)
+    d = load(p_at, offs, n, DT, ACC, MASKED, ALIGNED) - b
+    g = load(g_at, offs, n, DT, ACC, MASKED, ALIGNED)
     if ADAPTIVE:  # [||T g||^2, ||d / T||^2, <d, g>]
         tt = asam_t(b, eta, ACC)
         gu = tt * g
@@ -62,77 +67,93 @@ def _final_chunk(P, B, G, eta, t, offs, n, partials, nblocks, DT: tl.constexpr,
 @triton.jit
 def _final_kernel(P, B, G, eta, numels, work, partials, nblocks, DT: tl.constexpr,
                   ACC: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr,
-                  LARGE: tl.constexpr, ALIGNED: tl.constexpr):
+                  LARGE: tl.constexpr):
     t, start, n = locate(work, numels, BLOCK, LARGE)
     offs = start + tl.arange(0, BLOCK)
+    p_at = tl.load(P + t)
+    b_at = tl.load(B + t)
+    g_at = tl.load(G + t)
     if start + BLOCK <= n:
-        _final_chunk(P, B, G, eta, t, offs, n, partials, nblocks, DT, ACC, ADAPTIVE, False,
-                     ALIGNED)
+        if aligned(p_at | b_at | g_at):
+            _final_chunk(p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE,
+                         False, True)
+        else:
+            _final_chunk(p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE,
+                         False, False)
     else:
-        _final_chunk(P, B, G, eta, t, offs, n, partials, nblocks, DT, ACC, ADAPTIVE, True,
-                     ALIGNED)
+        _final_chunk(p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE,
+                     True, False)
 
 
 @triton.jit
-def _finish_kernel(partials, out, nblocks, ACC: tl.constexpr, RBLOCK: tl.constexpr):
-    """``out[k] = sum(partials[k * nblocks : (k + 1) * nblocks])``, in a fixed order."""
+def _finish_kernel(partials, out, nblocks, ACC: tl.constexpr, RBLOCK: tl.constexpr,
+                   ACCUMULATE: tl.constexpr):
+    """``out[k] (+)= float64(sum(partials[k * nblocks : (k + 1) * nblocks]))``, in a fixed
+    order (program ``k``)."""
     k = tl.program_id(0)
     acc = tl.full([RBLOCK], 0, ACC)  # tl.zeros is a library function: see common.block_sum
     for s in range(0, nblocks, RBLOCK):
         offs = s + tl.arange(0, RBLOCK)
         acc += tl.load(partials + k * nblocks + offs, mask=offs < nblocks, other=0.0)
-    tl.store(out + k, block_sum(acc))
+    total = block_sum(acc).to(tl.float64)
+    if ACCUMULATE:
+        total = tl.load(out + k) + total
+    tl.store(out + k, total)
 
 
-#: accumulation dtypes (torch -> Triton) of the partial sums
-DTYPES_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
+def _check_out(out: Tensor, nsums: int, device: torch.device | None) -> None:
+    if out.dtype != torch.float64 or out.shape != (nsums,) or not out.is_contiguous() \
+            or (device is not None and out.device != device):
+        raise ValueError(f"out must be a contiguous float64 tensor of shape ({nsums},) on "
+                         f"{device}, got a {out.dtype} tensor of shape {tuple(out.shape)} on "
+                         f"{out.device}")
 
 
-def _finish(partials: Tensor, nsums: int, nblocks: int) -> Tensor:
-    out = torch.empty(nsums, dtype=partials.dtype, device=partials.device)
-    _finish_kernel[(nsums,)](partials, out, nblocks, ACC=DTYPES_ACC[partials.dtype],
-                             RBLOCK=REDUCE_BLOCK, **LAUNCH_OPTIONS)
-    return out
+def _finish(partials: Tensor, out: Tensor, nblocks: int, accumulate: bool) -> None:
+    _finish_kernel[(out.numel(),)](partials, out, nblocks, ACC=DTYPES[partials.dtype][1],
+                                   RBLOCK=REDUCE_BLOCK, ACCUMULATE=bool(accumulate),
+                                   **LAUNCH_OPTIONS)
 
 
-def _eta(tables: Tables, eta: float | None, acc: torch.dtype, device) -> Tensor:
-    """``eta`` as a 1-element device tensor (a never-read placeholder when None)."""
-    return tables.scalars((0.0 if eta is None else eta,), acc, device)
+def _nothing(out: Tensor, accumulate: bool) -> None:
+    """The sum of no elements: 0 into ``out`` (unchanged with ``accumulate``)."""
+    if not accumulate:
+        out.zero_()
 
 
-def sumsq(tables: Tables, tensors: Sequence[Tensor], acc: torch.dtype,
-          weights: Sequence[Tensor] | None = None, eta: float | None = None) -> Tensor:
-    """``sum_i ||tensors[i]||^2`` (with ``eta``: ``||(|weights[i]| + eta) tensors[i]||^2``)
-    as a 0-d ``acc`` tensor; two launches."""
-    lay = tables.layout(tensors)
-    if lay.nblocks == 0:  # only 0-size tensors
-        return torch.zeros((), dtype=acc, device=tensors[0].device)
-    x = tables.pointers(tensors)
-    w = tables.pointers(weights) if eta is not None else x
-    dt, acc_tl = DTYPES[tensors[0].dtype]
-    partials = torch.empty(lay.nblocks, dtype=acc, device=tensors[0].device)
-    _sumsq_kernel[(lay.nblocks,)](x.table, w.table, _eta(tables, eta, acc, tensors[0].device),
-                                  lay.numels, lay.work, partials, DT=dt, ACC=acc_tl,
-                                  ADAPTIVE=eta is not None, BLOCK=tables.block,
-                                  LARGE=lay.large, ALIGNED=x.aligned and w.aligned,
-                                  **LAUNCH_OPTIONS)
-    return _finish(partials, 1, lay.nblocks).reshape(())
-
-
-def final_sums(tables: Tables, points: Sequence[Tensor], backups: Sequence[Tensor],
-               grads: Sequence[Tensor], acc: torch.dtype, eta: float | None = None) -> Tensor:
-    """``[||g||^2, ||d||^2, <d, g>]`` with ``d = points - backups`` (with ``eta``:
-    ``[||T g||^2, ||d / T||^2, <d, g>]``, ``T = |backups| + eta``); two launches."""
-    lay = tables.layout(points)
+def sumsq(packer: Packer, grads: TritonList, out: Tensor, accumulate: bool,
+          weights: TritonList | None, eta: float | None) -> None:
+    """``out[0] (+)= sum_i ||grads[i]||^2`` (with ``eta``: ``||(|weights[i]| + eta)
+    grads[i]||^2``); two launches."""
+    lay = same_layout(grads, weights if eta is not None else None)
+    _check_out(out, 1, lay.device)
     if lay.nblocks == 0:
-        return torch.zeros(3, dtype=acc, device=points[0].device)
-    p, b, g = (tables.pointers(ts) for ts in (points, backups, grads))
-    dt, acc_tl = DTYPES[points[0].dtype]
-    partials = torch.empty(3 * lay.nblocks, dtype=acc, device=points[0].device)
-    _final_kernel[(lay.nblocks,)](p.table, b.table, g.table,
-                                  _eta(tables, eta, acc, points[0].device), lay.numels,
-                                  lay.work, partials, lay.nblocks, DT=dt, ACC=acc_tl,
-                                  ADAPTIVE=eta is not None, BLOCK=tables.block,
-                                  LARGE=lay.large, ALIGNED=p.aligned and b.aligned and g.aligned,
+        return _nothing(out, accumulate)
+    dt, acc = DTYPES[lay.dtype]
+    acc_torch = accumulation_dtype(lay.dtype)
+    w = weights if eta is not None else grads
+    partials = torch.empty(lay.nblocks, dtype=acc_torch, device=lay.device)
+    _sumsq_kernel[(lay.nblocks,)](grads.table, w.table, packer.eta(eta, acc_torch, lay.device),
+                                  lay.numels, lay.work, partials, DT=dt, ACC=acc,
+                                  ADAPTIVE=eta is not None, BLOCK=lay.block, LARGE=lay.large,
                                   **LAUNCH_OPTIONS)
-    return _finish(partials, 3, lay.nblocks)
+    _finish(partials, out, lay.nblocks, accumulate)
+
+
+def final_sums(packer: Packer, points: TritonList, backups: TritonList, grads: TritonList,
+               out: Tensor, accumulate: bool, eta: float | None) -> None:
+    """``out[0:3] (+)= [||g||^2, ||d||^2, <d, g>]``, ``d = points - backups`` (with ``eta``:
+    ``[||T g||^2, ||d / T||^2, <d, g>]``, ``T = |backups| + eta``); two launches."""
+    lay = same_layout(points, backups, grads)
+    _check_out(out, 3, lay.device)
+    if lay.nblocks == 0:
+        return _nothing(out, accumulate)
+    dt, acc = DTYPES[lay.dtype]
+    acc_torch = accumulation_dtype(lay.dtype)
+    partials = torch.empty(3 * lay.nblocks, dtype=acc_torch, device=lay.device)
+    _final_kernel[(lay.nblocks,)](points.table, backups.table, grads.table,
+                                  packer.eta(eta, acc_torch, lay.device), lay.numels, lay.work,
+                                  partials, lay.nblocks, DT=dt, ACC=acc,
+                                  ADAPTIVE=eta is not None, BLOCK=lay.block, LARGE=lay.large,
+                                  **LAUNCH_OPTIONS)
+    _finish(partials, out, lay.nblocks, accumulate)
