@@ -29,7 +29,7 @@ to the optimizer it wraps. What :class:`XSAMTrainer` does about it:
   gradient the base optimizer steps with. The Trainer's own clipping only rescales
   the first pass's gradient, which XSAM normalises for the ascent; the logged
   ``grad_norm`` is that first pass's norm;
-* checkpoints: ``optimizer.pt`` holds ``XSAM.state_dict()`` with its ``"xsam"``
+* checkpoints: ``optimizer.pt`` holds ``XSAM.state_dict()`` with its ``"xsam"`` group
   entry (alpha, step counters, search history), restored on
   ``train(resume_from_checkpoint=...)``.
 

@@ -7,6 +7,7 @@ default import mode).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Callable
 
@@ -90,6 +91,37 @@ def closure_step(opt, model: nn.Module, x, y, update_alpha: bool | None = False)
         return loss
 
     return opt.step(closure, search_loss=lambda: criterion(model(x), y), update_alpha=update_alpha)
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+#: backends an optimizer can use in this process: the available ones, and Triton under its
+#: CPU interpreter when Triton is installed (see :func:`backend_loaded`)
+STEP_BACKENDS = list(xsam_fast.available_backends()) + (
+    ["triton"] if _triton_importable() and "triton" not in xsam_fast.available_backends()
+    else [])
+
+
+@contextlib.contextmanager
+def backend_loaded(name: str):
+    """Inside the block ``XSAM(backend=name)`` runs: for Triton without a GPU, its kernels
+    are reloaded for the interpreter (and back afterwards)."""
+    if name != "triton" or "triton" in xsam_fast.available_backends():
+        yield
+        return
+    import triton_modules
+
+    triton_modules.reload(interpret=True)
+    try:
+        yield
+    finally:
+        triton_modules.restore()
 
 
 def buckets_of(opt) -> list:

@@ -21,6 +21,7 @@ pytest.importorskip("transformers")
 from transformers import TrainerCallback, get_scheduler  # noqa: E402
 
 from xsam_fast import XSAM  # noqa: E402
+from xsam_fast import checkpoint as checkpoint_state  # noqa: E402
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
 
@@ -168,7 +169,7 @@ def test_resume_restores_alpha_and_counters(hf, tmp_path):
     assert history[1][1] != xsam["alpha"]  # else this test could not tell a restored alpha
     assert (start.alpha, start.step_count) == (history[1][1], 6)
     assert [(h["step"], h["alpha"]) for h in resumed.xsam.search_history] == history
-    assert resumed.xsam.step_count == saved["xsam"]["step_count"] == 8
+    assert resumed.xsam.step_count == checkpoint_state.read(saved)["step_count"] == 8
     assert_same_parameters(resumed.model, full.model, 0.0, 0.0)
 
 

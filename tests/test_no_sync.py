@@ -4,7 +4,12 @@ On a GPU, reading a device value on the host (``item``, ``tolist``, ``bool``/
 ``float``/``int`` of a tensor, ``cpu()``, ``numpy()``, formatting) waits for the
 device, and ``torch.tensor``/``torch.as_tensor`` of Python data onto the device is
 a blocking copy. :class:`SyncSpy`, a ``TorchFunctionMode``, records every such
-call made by the optimizer during a whole step (the closure's own forward and
+call made by the optimizer during a whole step: every read, every tensor made from
+Python data with a ``device`` argument, and every tensor made from Python floats
+anywhere (hyper-parameters must reach the device without one). Integer tables built
+on the host (the Triton backend's pointer tables of a new gradient list) are the
+arguments of a multi-tensor launch, copied from pinned memory with
+``non_blocking=True``; they are allowed, and the GPU tests check that copy (the closure's own forward and
 backward are the user's and are not watched), on every backend that runs here,
 in the default configuration (fixed alpha, ``nonfinite="warn"``), with SGD and
 AdamW, one and two ascents. The GPU tests confirm it with
@@ -17,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-import xsam_fast
+from conftest import STEP_BACKENDS, backend_loaded
 from xsam_fast import XSAM
 
 #: methods that read a device value on the host
@@ -40,9 +45,17 @@ class SyncSpy(TorchFunctionMode):
         if self.watching:
             if func in READS:
                 self.calls.append(func.__name__)
-            elif func in FROM_DATA and not isinstance(args[0] if args else None, Tensor):
+            elif func in FROM_DATA and args and not isinstance(args[0], Tensor) and (
+                    "device" in kwargs or _has_float(args[0])):
                 self.calls.append(f"{func.__name__}({args[0]!r})")
         return func(*args, **kwargs)
+
+
+def _has_float(data) -> bool:
+    """Whether Python data holds a float (a number a step must not turn into a tensor)."""
+    if isinstance(data, (list, tuple)):
+        return any(_has_float(x) for x in data)
+    return isinstance(data, float)
 
 
 def _model() -> nn.Module:
@@ -57,8 +70,13 @@ BASES = {"sgd": (torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
 
 @pytest.mark.parametrize("steps", [1, 2])
 @pytest.mark.parametrize("base", list(BASES))
-@pytest.mark.parametrize("backend", xsam_fast.available_backends())
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
 def test_default_step_makes_no_host_sync(backend, base, steps):
+    with backend_loaded(backend):
+        _spy_on_steps(backend, base, steps)
+
+
+def _spy_on_steps(backend: str, base: str, steps: int) -> None:
     model = _model()
     cls, kw = BASES[base]
     opt = XSAM(model.parameters(), cls, rho=0.1, steps=steps, backend=backend, model=model, **kw)
@@ -94,9 +112,11 @@ def test_the_spy_sees_synchronisations():
     with spy:
         bool(t[0]), float(t[0]), int(t[0]), t[0].item(), t.tolist(), t.cpu(), t.numpy()
         f"{t[0]:.1f}", torch.tensor([1.0]), torch.as_tensor(2.0)
+        torch.tensor([3], device="cpu")  # onto a device
         torch.as_tensor(t)  # a tensor: no copy from Python data
+        torch.tensor([1, 2])  # a host integer table (a launch's argument)
     assert spy.calls == ["__bool__", "__float__", "__int__", "item", "tolist", "cpu", "numpy",
-                         "__format__", "tensor([1.0])", "as_tensor(2.0)"]
+                         "__format__", "tensor([1.0])", "as_tensor(2.0)", "tensor([3])"]
 
 
 def test_raise_mode_reads_the_flag():
