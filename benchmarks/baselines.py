@@ -36,14 +36,17 @@ and compute the update of ``docs/algorithm.md``:
     buffers and compiled once per case (Inductor fuses the per-tensor loops into a
     few kernels; the step's scalars stay on the device, no host read). Nothing of
     the arithmetic is restated here. SGD only (momentum, dampening, Nesterov,
-    weight decay), as benchmarked. Compilation happens in the warm-up steps and
-    is not timed.
+    weight decay), as benchmarked. The first step's update (it creates the momentum
+    buffers) runs uncompiled; the ascent compiles in the first step and the update
+    in the second, so a benchmark needs two warm-up steps. ``compile_backend``
+    (default Inductor) is ``torch.compile``'s backend.
 
 In all of them, ``rho`` is the radius of ONE ascent (the authors' convention; equal to
 xsam_fast's total ``rho`` for ``steps=1``, the case benchmarked).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterable
 
@@ -260,7 +263,7 @@ class CompiledXSAM(ForeachXSAM):
     torch's SGD keeps them; the base optimizer itself is never stepped.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, compile_backend: str = "inductor", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.base_optimizer, torch.optim.SGD):
             raise ValueError("CompiledXSAM benchmarks SGD only")
@@ -272,8 +275,10 @@ class CompiledXSAM(ForeachXSAM):
                            (B.H_MOMENTUM, "momentum"), (B.H_DAMPENING, "dampening")):
             self._hyper.set(index, group[key])
         self._hyper.set(B.H_RADIUS, self.rho)
-        self._compiled_ascent = torch.compile(_reference_ascent)
-        self._compiled_update = torch.compile(_reference_update)
+        # fullgraph: a graph break would leave part of the step uncompiled, silently
+        compile_ = functools.partial(torch.compile, fullgraph=True, backend=compile_backend)
+        self._compiled_ascent = compile_(_reference_ascent)
+        self._compiled_update = compile_(_reference_update)
 
     @torch.no_grad()
     def first_step(self, step: int = 0) -> None:
@@ -295,13 +300,15 @@ class CompiledXSAM(ForeachXSAM):
         if group["momentum"] != 0:
             state = self.base_optimizer.state
             init_bufs = "momentum_buffer" not in state[params[0]]
-            if init_bufs:  # written by the compiled update's first step, as torch's SGD does
+            if init_bufs:  # written by the first update (buf = G), as torch's SGD does
                 for p in params:
                     state[p]["momentum_buffer"] = torch.empty_like(p)
             bufs = [state[p]["momentum_buffer"] for p in params]
-        self._compiled_update(params, grads, backups, bufs, self._sc, self._hyper.tensor,
-                              weight_decay=group["weight_decay"] != 0,
-                              nesterov=group["nesterov"], init_bufs=init_bufs)
+        # the first update, which creates the buffers, runs once: not worth a compilation
+        update = _reference_update if init_bufs else self._compiled_update
+        update(params, grads, backups, bufs, self._sc, self._hyper.tensor,
+               weight_decay=group["weight_decay"] != 0, nesterov=group["nesterov"],
+               init_bufs=init_bufs)
         return self._sc[B.NORM_G].clone()
 
 
