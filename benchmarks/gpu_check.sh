@@ -8,9 +8,10 @@
 # Needs python3 (or $PYTHON) with torch and, for the Triton backend, triton; nothing is
 # downloaded. Stages, in order of value, each under its own `timeout` (a failing or
 # timed-out stage does not stop the later ones):
-#   build      pip install --no-build-isolation --no-deps -e . for GPU 0's arch only
-#              (TORCH_CUDA_ARCH_LIST from torch.cuda.get_device_capability(), FORCE_CUDA=1,
-#              MAX_JOBS = the CPU count)
+#   install    pip install --no-build-isolation --no-deps -e . without extensions
+#              (seconds: the package and its Triton kernels whatever the build does)
+#   build      the same with the extensions, for GPU 0's arch only (TORCH_CUDA_ARCH_LIST
+#              from torch.cuda.get_device_capability(), FORCE_CUDA=1, MAX_JOBS = CPU count)
 #   gpu-tests  pytest tests/test_gpu.py tests/test_cuda_backend.py tests/test_no_sync.py
 #   contract   pytest tests/test_backend_contract.py -k "triton-cuda or cuda"
 #   bandwidth  bench_step at 125M and 1B params, fp32/bf16, triton and cuda, against the
@@ -26,23 +27,22 @@
 # ran passed.
 #
 # --dry-run: every stage on the CPU with tiny sizes (CUDA hidden, Triton under its
-# interpreter): the build is not run (its command is printed), the test stages collect
+# interpreter): nothing is installed (the commands are printed), the test stages collect
 # only, and what needs CUDA is skipped with a message. The Python stages live in
 # benchmarks/gpu_stages.py.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-
 DRY=0
 case "${1:-}" in
   --dry-run) DRY=1 ;;
   "") ;;
   *) echo "usage: OUT=dir bash benchmarks/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
 esac
+OUT=${OUT:-results/gpu_check_$(date +%Y%m%d-%H%M%S)}  # relative to the caller's directory
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 2
+cd "$(dirname "$0")/.."
+
 PY=${PYTHON:-python3}
-OUT=${OUT:-results/gpu_check_$(date +%Y%m%d-%H%M%S)}
 TOTAL=${GPU_CHECK_TOTAL_S:-470}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 LOG=$OUT/gpu_check.log
@@ -96,6 +96,7 @@ PYTEST=("$PY" -m pytest -q -rs -p no:cacheprovider "${COLLECT[@]}")
   "$PY" --version
 } 2>&1 | tee -a "$LOG"
 
+stage install 60 "$PY" -m benchmarks.gpu_stages install "${DRYFLAG[@]}"
 stage build 240 "$PY" -m benchmarks.gpu_stages build "${DRYFLAG[@]}"
 stage gpu-tests 120 "${PYTEST[@]}" --junitxml="$WORK/gpu-tests.xml" tests/test_gpu.py \
   tests/test_cuda_backend.py tests/test_no_sync.py
@@ -105,7 +106,7 @@ for name in bandwidth resnet18; do
   stage "$name" 75 "$PY" -m benchmarks.gpu_stages bench "$name" "${DRYFLAG[@]}" --out "$WORK/bench"
 done
 stage launches 45 "$PY" -m benchmarks.gpu_stages launches "${DRYFLAG[@]}"
-stage syncs 45 "$PY" -m benchmarks.gpu_stages syncs "${DRYFLAG[@]}"
+stage syncs 60 "$PY" -m benchmarks.gpu_stages syncs "${DRYFLAG[@]}"
 stage compiled 120 "$PY" -m benchmarks.gpu_stages bench compiled "${DRYFLAG[@]}" --out "$WORK/bench"
 
 {

@@ -1,20 +1,25 @@
 """The Python stages of ``benchmarks/gpu_check.sh``, one subcommand each.
 
     python3 -m benchmarks.gpu_stages env                  # summary header (Markdown)
-    python3 -m benchmarks.gpu_stages build [--dry-run]    # editable install, GPU 0's arch
+    python3 -m benchmarks.gpu_stages install [--dry-run]  # editable install, no extensions
+    python3 -m benchmarks.gpu_stages build [--dry-run]    # the same with them, GPU 0's arch
     python3 -m benchmarks.gpu_stages launches [--dry-run] # kernel launches per step
     python3 -m benchmarks.gpu_stages syncs [--dry-run]    # steps under sync debug "error"
     python3 -m benchmarks.gpu_stages bench NAME [--dry-run] --out DIR
 
-``build``: ``pip install --no-build-isolation --no-deps -e .`` (nothing is downloaded)
-with ``FORCE_CUDA=1``, ``TORCH_CUDA_ARCH_LIST`` set to GPU 0's compute capability and
-``MAX_JOBS`` to the CPU count; then the backends' status as a fresh process sees it.
+``install``: ``pip install --no-build-isolation --no-deps -e .`` (nothing is
+downloaded) with ``XSAM_FAST_NO_EXT=1``: seconds, and the package with its Triton
+kernels is importable even if the build is stopped. ``build``: the same with the
+extensions, ``FORCE_CUDA=1``, ``TORCH_CUDA_ARCH_LIST`` set to GPU 0's compute
+capability and ``MAX_JOBS`` to the CPU count. Both print the backends' status as a
+fresh process sees it.
 ``launches``: for the ``triton`` and ``cuda`` backends and 3, 62 and 300 parameter
 tensors, one default XSAM step (SGD with momentum, fixed alpha, one ascent)
 after two warm-up steps: the launches of xsam_fast's Triton kernels
-(:mod:`benchmarks.triton_launches`) and the CUDA kernels and memory operations
-``torch.profiler`` records, per step. ``syncs``: XSAM steps of a small CNN with
-SGD and AdamW, one and two ascents, each optimizer call under
+(:mod:`benchmarks.triton_launches`; in a dry run counted, not run) and the CUDA
+kernels and memory operations ``torch.profiler`` records, per step. ``syncs``: XSAM steps of a small CNN with
+SGD and AdamW, one and two ascents: two warm-up steps (they build the plan and
+the state), then three steps with each optimizer call under
 ``torch.cuda.set_sync_debug_mode("error")`` (a host synchronisation raises).
 ``bench``: one of :data:`BENCHES`, a ``benchmarks.bench_step`` run.
 
@@ -131,17 +136,22 @@ def _run(cmd: list[str], env: dict[str, str] | None = None) -> int:
     return subprocess.run(cmd, env=env).returncode
 
 
-def build(dry_run: bool) -> int:
+def install(dry_run: bool, extensions: bool) -> int:
+    """The editable install: without extensions (seconds; the package and its Triton kernels
+    importable whatever the build does), or with them for GPU 0's arch only."""
     target = arch()
-    env_vars = dict(FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST=target or "<GPU 0's major.minor>",
-                    MAX_JOBS=str(os.cpu_count() or 1))
+    if extensions:
+        env_vars = dict(FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST=target or "<GPU 0's major.minor>",
+                        MAX_JOBS=str(os.cpu_count() or 1))
+    else:
+        env_vars = dict(XSAM_FAST_NO_EXT="1")
     cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
            "--no-build-isolation", "--no-deps", "-e", "."]
     shown = " ".join(f"{k}={v}" for k, v in env_vars.items()) + " " + " ".join(cmd)
     if dry_run:
-        _say(f"dry run: not building; on a GPU this runs: {shown}")
+        _say(f"dry run: not installing; on a GPU this runs: {shown}")
         return SKIPPED
-    if target is None:
+    if extensions and target is None:
         _say("no CUDA device visible to torch: cannot pick the CUDA arch")
         return 1
     if _run([sys.executable, "-m", "pip", "--version"]) != 0 and \
@@ -184,7 +194,7 @@ def _cuda_activities(fn: Callable[[], None]) -> tuple[int, int]:
     """(kernels, memory copies and sets) the CUDA profiler records while ``fn`` runs."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     events = [e for e in prof.events() if e.device_type.name == "CUDA"]
@@ -204,9 +214,11 @@ def launches(dry_run: bool) -> int:
             params, g1, g2 = _xsam_params(count, device, dry_run)
             opt = XSAM(params, torch.optim.SGD, rho=0.05, alpha=0.5, backend=backend,
                        **base_kwargs())
-            for _ in range(2):  # the plan, the tables and the momentum buffers
-                _one_step(opt, params, g1, g2)
-            with KernelLaunches(run_kernels=True) as counter:
+            # a dry run counts without running the kernels (the interpreter is slow)
+            with KernelLaunches(run_kernels=not dry_run) as counter:
+                for _ in range(2):  # the plan, the tables and the momentum buffers
+                    _one_step(opt, params, g1, g2)
+                counter.reset()
                 if device.type == "cuda":
                     kernels, memory = _cuda_activities(lambda: _one_step(opt, params, g1, g2))
                     cuda_cells = [str(kernels), str(memory)]
@@ -251,18 +263,18 @@ def _sync_error(device: torch.device) -> Iterator[None]:
         torch.cuda.set_sync_debug_mode("default")
 
 
-def _guarded_step(opt: XSAM, model: nn.Module, x: Tensor, y: Tensor, steps: int,
-                  device: torch.device) -> None:
-    """One XSAM step by the manual API: each optimizer call under :func:`_sync_error`, the
-    user's forward and backward outside it."""
+def _manual_step(opt: XSAM, model: nn.Module, x: Tensor, y: Tensor, steps: int,
+                 guard: Callable[[], contextlib.AbstractContextManager]) -> None:
+    """One XSAM step by the manual API, each optimizer call under ``guard()``, the user's
+    forward and backward outside it."""
     for _ in range(steps):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
-        with _sync_error(device):
+        with guard():
             opt.first_step()
     opt.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
-    with _sync_error(device):
+    with guard():
         opt.second_step()
 
 
@@ -283,9 +295,12 @@ def syncs(dry_run: bool) -> int:
                 x = torch.randn(8, 3, 8, 8, device=device)
                 y = torch.randint(0, 5, (8,), device=device)
                 case = f"{backend} {base} k={steps}"
+                for _ in range(2):  # unwatched: they build the plan, the state, the tables
+                    _manual_step(opt, model, x, y, steps, contextlib.nullcontext)
+                    sched.step()
                 try:
-                    for _ in range(4):  # the first builds the plan and the state
-                        _guarded_step(opt, model, x, y, steps, device)
+                    for _ in range(3):  # a new learning rate each step, as with a schedule
+                        _manual_step(opt, model, x, y, steps, lambda: _sync_error(device))
                         sched.step()
                 except RuntimeError as exc:
                     failures.append(case)
@@ -293,8 +308,8 @@ def syncs(dry_run: bool) -> int:
                     continue
                 ran += 1
                 skipped = opt.stats()["skipped_steps"]
-                _say(f"{case}: 4 steps" + (", no host synchronisation"
-                                           if device.type == "cuda" else "")
+                _say(f"{case}: 2 warm-up steps, then 3 steps"
+                     + (" with no host synchronisation" if device.type == "cuda" else "")
                      + f"; skipped steps {skipped}")
                 if skipped:
                     failures.append(f"{case} (skipped steps)")
@@ -318,7 +333,7 @@ def bench(name: str, dry_run: bool, out: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m benchmarks.gpu_stages",
                                 description="Python stages of benchmarks/gpu_check.sh")
-    p.add_argument("stage", choices=["env", "build", "launches", "syncs", "bench"])
+    p.add_argument("stage", choices=["env", "install", "build", "launches", "syncs", "bench"])
     p.add_argument("name", nargs="?", choices=list(BENCHES), help="the benchmark of 'bench'")
     p.add_argument("--dry-run", action="store_true", help="on the CPU, tiny sizes")
     p.add_argument("--out", default=str(report.RESULTS / "gpu_check"),
@@ -326,8 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.stage == "env":
         return env()
-    if args.stage == "build":
-        return build(args.dry_run)
+    if args.stage in ("install", "build"):
+        return install(args.dry_run, extensions=args.stage == "build")
     if args.stage == "launches":
         return launches(args.dry_run)
     if args.stage == "syncs":

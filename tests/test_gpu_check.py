@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-STAGES = ["build", "gpu-tests", "contract", "bandwidth", "resnet18", "launches", "syncs",
+STAGES = ["install", "build", "gpu-tests", "contract", "bandwidth", "resnet18", "launches", "syncs",
           "compiled"]
 #: what comes back from the device machine: at most 8 files
 FILES = {"gpu_check.log", "summary.md", "results.tar.gz"}
@@ -38,7 +38,7 @@ def _run(out: Path, *args: str, **env: str) -> tuple[int, str, dict[str, str]]:
 def test_dry_run(tmp_path: Path) -> None:
     """Every stage runs on the CPU and passes, or is skipped where only a GPU could run it."""
     rc, summary, table = _run(tmp_path, "--dry-run")
-    assert table["build"] == "skipped"  # the build command is printed, not run
+    assert table["install"] == table["build"] == "skipped"  # printed, not run
     for stage in ("gpu-tests", "contract", "bandwidth", "resnet18", "compiled"):
         assert table[stage] == "ok", (stage, summary)
     triton = re.search(r"^- xsam_fast backends: triton: (.*?)(, cuda:|$)", summary, re.M)
@@ -54,7 +54,8 @@ def test_dry_run(tmp_path: Path) -> None:
     if expected == "ok":
         assert "triton: launches per step the same for 3/62/300 tensors" in summary
     log = (tmp_path / "gpu_check.log").read_text()
-    assert "dry run: not building; on a GPU this runs: FORCE_CUDA=1" in log
+    assert "dry run: not installing; on a GPU this runs: XSAM_FAST_NO_EXT=1 " in log
+    assert "dry run: not installing; on a GPU this runs: FORCE_CUDA=1 " in log
     assert "--no-build-isolation --no-deps -e ." in log
     with tarfile.open(tmp_path / "results.tar.gz") as tar:
         names = {Path(n).name for n in tar.getnames()}
