@@ -13,23 +13,29 @@ kernels is importable even if the build is stopped. ``build``: the same with the
 extensions, ``FORCE_CUDA=1``, ``TORCH_CUDA_ARCH_LIST`` set to GPU 0's compute
 capability and ``MAX_JOBS`` to the CPU count. Both print the backends' status as a
 fresh process sees it.
-``launches``: for the ``triton`` and ``cuda`` backends and 3, 62 and 300 parameter
-tensors, one default XSAM step (SGD with momentum, fixed alpha, one ascent)
-after two warm-up steps: the launches of xsam_fast's Triton kernels
+
+``launches``: for the ``triton`` and ``cuda`` backends and 3, 62 and 300
+parameter tensors, one default XSAM step (SGD with momentum, fixed alpha, one
+ascent) after two warm-up steps: the launches of xsam_fast's Triton kernels
 (:mod:`benchmarks.triton_launches`; in a dry run counted, not run) and the CUDA
-kernels and memory operations ``torch.profiler`` records, per step. ``syncs``: XSAM steps of a small CNN with
-SGD and AdamW, one and two ascents: two warm-up steps (they build the plan and
-the state), then three steps with each optimizer call under
-``torch.cuda.set_sync_debug_mode("error")`` (a host synchronisation raises).
+kernels and memory operations ``torch.profiler`` records, per step.
+
+``syncs``: XSAM steps of a small CNN with SGD and AdamW, one and two ascents: two
+warm-up steps (they build the plan and the state), then three steps with each
+optimizer call under ``torch.cuda.set_sync_debug_mode("error")`` (a host
+synchronisation raises).
+
 ``bench``: one of :data:`BENCHES`, a ``benchmarks.bench_step`` run.
 
 ``--dry-run`` runs the same code on the CPU with tiny sizes: Triton under its
 interpreter (``TRITON_INTERPRET=1``, set by the caller before Python starts),
 the CUDA backend and what needs CUDA (profiler kernel counts, sync debug mode)
-skipped with a message, and the torch.compile baseline traced whole (``fullgraph``)
-but compiled by the ``aot_eager`` backend instead of Inductor (whose C++ compilation
-alone takes minutes on a small CPU). A stage exits 0 when it passed, :data:`SKIPPED` when a dry run
-had nothing to run (no backend runs here), and another non-zero status on a failure.
+skipped with a message, and the torch.compile baseline traced whole
+(``fullgraph``) but compiled by the ``aot_eager`` backend instead of Inductor
+(whose C++ compilation alone takes minutes on a small CPU).
+
+A stage exits 0 when it passed, :data:`SKIPPED` when a dry run had nothing to run
+(no backend runs here), and another non-zero status on a failure.
 """
 from __future__ import annotations
 
@@ -190,16 +196,23 @@ def _one_step(opt: XSAM, params: list[nn.Parameter], g1: list[Tensor], g2: list[
     opt.second_step()
 
 
-def _cuda_activities(fn: Callable[[], None]) -> tuple[int, int]:
-    """(kernels, memory copies and sets) the CUDA profiler records while ``fn`` runs."""
+def _cuda_activities(fn: Callable[[], None]) -> list[str]:
+    """Cells: the kernels, and the memory copies and sets, that the CUDA profiler records
+    while ``fn`` runs; where the profiler fails, ``fn`` runs unprofiled and the cells say
+    why."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+    except RuntimeError as exc:
+        _say(f"torch.profiler failed ({exc}); the step runs unprofiled")
         fn()
-        torch.cuda.synchronize()
+        return ["n/a (profiler failed)"] * 2
     events = [e for e in prof.events() if e.device_type.name == "CUDA"]
     memory = sum(1 for e in events if e.name.lower().startswith(("memcpy", "memset")))
-    return len(events) - memory, memory
+    return [str(len(events) - memory), str(memory)]
 
 
 def launches(dry_run: bool) -> int:
@@ -220,8 +233,7 @@ def launches(dry_run: bool) -> int:
                     _one_step(opt, params, g1, g2)
                 counter.reset()
                 if device.type == "cuda":
-                    kernels, memory = _cuda_activities(lambda: _one_step(opt, params, g1, g2))
-                    cuda_cells = [str(kernels), str(memory)]
+                    cuda_cells = _cuda_activities(lambda: _one_step(opt, params, g1, g2))
                 else:
                     _one_step(opt, params, g1, g2)
                     cuda_cells = ["n/a (no CUDA)", "n/a (no CUDA)"]
