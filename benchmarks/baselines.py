@@ -1,9 +1,9 @@
 """BASELINES for the benchmark harness. Not product code: do not import from xsam_fast.
 
-Two XSAM implementations the fused backends are measured against. Both follow
+Three XSAM implementations the fused backends are measured against. All follow
 the authors' call sequence (``backup_param()``, ``first_step(step)``, backward
 at the ascent point, ``second_step(update_alpha=False)``), fixed alpha only,
-and compute the update of ``XSAM_MATH.md``:
+and compute the update of ``docs/algorithm.md``:
 
 ``AuthorsStyleXSAM``
     Written by us from the math, performing the same tensor operations in the
@@ -28,20 +28,25 @@ and compute the update of ``XSAM_MATH.md``:
     foreach dot product, so ``<d, g>`` is a per-tensor ``torch.dot``.
 
 ``CompiledXSAM``
-    ``torch.compile`` of a functional reference step: the same arithmetic as
-    ``xsam_fast``'s reference path (global norms, one-pass sums, coefficients
-    on the device, G formed and the SGD momentum update applied per tensor),
-    written as two plain-PyTorch functions over the lists of parameters,
-    gradients, backups and momentum buffers, each compiled once per case
-    (Inductor fuses the per-tensor loops into a few kernels; no host read).
-    SGD only (momentum, dampening, Nesterov, weight decay), as benchmarked.
-    Compilation happens in the warm-up steps and is not timed.
+    ``torch.compile`` of the reference path itself: the phases of
+    ``xsam_fast.backends.reference`` and the scalar math of ``xsam_fast.coefficients``
+    (sum of squares, skip flag, backup and ascent; final sums, coefficients, fused
+    SGD update from theta_0) as the optimizer runs them on one bucket, wrapped in
+    two functions over the lists of parameters, gradients, backups and momentum
+    buffers and compiled once per case (Inductor fuses the per-tensor loops into a
+    few kernels; the step's scalars stay on the device, no host read). Nothing of
+    the arithmetic is restated here. SGD only (momentum, dampening, Nesterov,
+    weight decay), as benchmarked. The first step's update (it creates the momentum
+    buffers) runs uncompiled; the ascent compiles in the first step and the update
+    in the second, so a benchmark needs two warm-up steps. ``compile_backend``
+    (default Inductor) is ``torch.compile``'s backend.
 
-In all three, ``rho`` is the radius of ONE ascent (the authors' convention; equal to
+In all of them, ``rho`` is the radius of ONE ascent (the authors' convention; equal to
 xsam_fast's total ``rho`` for ``steps=1``, the case benchmarked).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterable
 
@@ -49,6 +54,11 @@ import torch
 from torch import Tensor
 
 from xsam_fast import coefficients as C
+from xsam_fast.backends import base as B
+from xsam_fast.backends.base import TensorList
+from xsam_fast.backends.reference import ReferenceBackend
+from xsam_fast.plan import Hyper
+from xsam_fast.stepper import DeviceScalars
 
 __all__ = ["AuthorsStyleXSAM", "ForeachXSAM", "CompiledXSAM", "BASELINES"]
 
@@ -218,53 +228,57 @@ class ForeachXSAM(_BaselineXSAM):
         return norm_g
 
 
-def _ascent(params: list[Tensor], grads: list[Tensor], backups: list[Tensor], backup: bool,
-            rho: float, eps: float) -> None:
-    """Backup (optional) and one ascent ``p += rho g / (||g|| + eps)``, in place."""
-    acc = C.accumulation_dtype(params[0].dtype)
-    sumsq = sum(g.to(acc).square().sum() for g in grads)
-    scale = C.ascent_scale(sumsq, rho, eps)
-    for p, g, b in zip(params, grads, backups):
-        if backup:
-            b.copy_(p)
-        p.copy_((p.to(acc) + scale * g.to(acc)).to(p.dtype))
+_REFERENCE = ReferenceBackend()
 
 
-def _update(params: list[Tensor], grads: list[Tensor], backups: list[Tensor],
-            bufs: list[Tensor], first: bool, alpha: float, eps: float, lr: float,
-            momentum: float, dampening: float, nesterov: bool, weight_decay: float) -> Tensor:
-    """One-pass sums, coefficients, G, and the SGD step from theta_0, in place; returns ||g||."""
-    acc = C.accumulation_dtype(params[0].dtype)
-    gs = [g.to(acc) for g in grads]
-    ds = [p.to(acc) - b.to(acc) for p, b in zip(params, backups)]
-    sums = torch.stack([sum(g.square().sum() for g in gs), sum(d.square().sum() for d in ds),
-                        sum((d * g).sum() for d, g in zip(ds, gs))])
-    psi, norm_g, norm_d = C.angle(sums, eps)
-    c_d, c_g = C.interpolation_coefficients(norm_g, alpha, psi, norm_g, norm_d, eps).unbind(0)
-    for p, b, d, g, buf in zip(params, backups, ds, gs, bufs):
-        theta0 = b.to(acc)
-        step = c_d * d + c_g * g + weight_decay * theta0
-        if momentum != 0:
-            new_buf = step if first else momentum * buf.to(acc) + (1 - dampening) * step
-            buf.copy_(new_buf.to(buf.dtype))
-            step = step + momentum * new_buf if nesterov else new_buf
-        p.copy_((theta0 - lr * step).to(p.dtype))
-    return norm_g
+def _reference_ascent(params: list[Tensor], grads: list[Tensor], backups: list[Tensor],
+                      sc: Tensor, hyper: Tensor, backup: bool) -> None:
+    """The reference backend's ascent phase, as the optimizer runs it on one bucket:
+    ``||g||^2``, the skip flag, then backup (if ``backup``) and ascent."""
+    g = TensorList(grads)
+    _REFERENCE.sumsq(g, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+    C.ascent_scalars(sc, first=True, check=True)
+    _REFERENCE.backup_ascent(TensorList(params), g, TensorList(backups), sc, hyper,
+                             backup=backup)
+
+
+def _reference_update(params: list[Tensor], grads: list[Tensor], backups: list[Tensor],
+                      bufs: list[Tensor] | None, sc: Tensor, hyper: Tensor, *,
+                      weight_decay: bool, nesterov: bool, init_bufs: bool) -> None:
+    """The reference backend's update phase with SGD, as the optimizer runs it on one
+    bucket: the final sums, the derived scalars, then the fused SGD step from theta_0."""
+    points, theta0, g = TensorList(params), TensorList(backups), TensorList(grads)
+    _REFERENCE.final_sums(points, theta0, g, sc[B.SUMS], accumulate=False)
+    C.update_scalars(sc, check=True)
+    _REFERENCE.sgd_update(points, points, theta0, g, None if bufs is None else TensorList(bufs),
+                          sc, hyper, weight_decay=weight_decay, momentum=bufs is not None,
+                          nesterov=nesterov, maximize=False, init_bufs=init_bufs)
 
 
 class CompiledXSAM(ForeachXSAM):
-    """BASELINE: ``torch.compile`` of a functional XSAM step with SGD (see module docstring).
+    """BASELINE: ``torch.compile`` of the reference backend's phases with SGD (see module
+    docstring).
 
     The momentum buffers live in the base SGD's state (``momentum_buffer``), as
     torch's SGD keeps them; the base optimizer itself is never stepped.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, compile_backend: str = "inductor", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.base_optimizer, torch.optim.SGD):
             raise ValueError("CompiledXSAM benchmarks SGD only")
-        self._compiled_ascent = torch.compile(_ascent)
-        self._compiled_update = torch.compile(_update)
+        group = self.param_groups[0]
+        device = group["params"][0].device
+        self._sc = DeviceScalars(self.eps, None, self.alpha).on(device)
+        self._hyper = Hyper(device)
+        for index, key in ((B.H_LR, "lr"), (B.H_WEIGHT_DECAY, "weight_decay"),
+                           (B.H_MOMENTUM, "momentum"), (B.H_DAMPENING, "dampening")):
+            self._hyper.set(index, group[key])
+        self._hyper.set(B.H_RADIUS, self.rho)
+        # fullgraph: a graph break would leave part of the step uncompiled, silently
+        compile_ = functools.partial(torch.compile, fullgraph=True, backend=compile_backend)
+        self._compiled_ascent = compile_(_reference_ascent)
+        self._compiled_update = compile_(_reference_update)
 
     @torch.no_grad()
     def first_step(self, step: int = 0) -> None:
@@ -272,7 +286,7 @@ class CompiledXSAM(ForeachXSAM):
         if not params:
             return
         backup = not getattr(self, "_backed_up", False)
-        self._compiled_ascent(params, grads, backups, backup, self.rho, self.eps)
+        self._compiled_ascent(params, grads, backups, self._sc, self._hyper.tensor, backup)
         self._backed_up = True
 
     @torch.no_grad()
@@ -281,15 +295,21 @@ class CompiledXSAM(ForeachXSAM):
         if not params:
             return None
         group = self.param_groups[0]
-        state = self.base_optimizer.state
-        first = "momentum_buffer" not in state[params[0]]
-        if first:  # filled by the compiled update's first step, as torch's SGD does
-            for p in params:
-                state[p]["momentum_buffer"] = torch.empty_like(p)
-        bufs = [state[p]["momentum_buffer"] for p in params]
-        return self._compiled_update(
-            params, grads, backups, bufs, first, self.alpha, self.eps, group["lr"],
-            group["momentum"], group["dampening"], group["nesterov"], group["weight_decay"])
+        bufs = None
+        init_bufs = False
+        if group["momentum"] != 0:
+            state = self.base_optimizer.state
+            init_bufs = "momentum_buffer" not in state[params[0]]
+            if init_bufs:  # written by the first update (buf = G), as torch's SGD does
+                for p in params:
+                    state[p]["momentum_buffer"] = torch.empty_like(p)
+            bufs = [state[p]["momentum_buffer"] for p in params]
+        # the first update, which creates the buffers, runs once: not worth a compilation
+        update = _reference_update if init_bufs else self._compiled_update
+        update(params, grads, backups, bufs, self._sc, self._hyper.tensor,
+               weight_decay=group["weight_decay"] != 0, nesterov=group["nesterov"],
+               init_bufs=init_bufs)
+        return self._sc[B.NORM_G].clone()
 
 
 #: label -> class, as the harness reports them

@@ -1,129 +1,137 @@
 #!/usr/bin/env bash
-# One prepared check of xsam-fast on a CUDA machine (written for an H200).
+# One prepared check of xsam-fast on a CUDA machine it has never seen, in one call of
+# at most 10 minutes (the whole run is capped at GPU_CHECK_TOTAL_S, default 470 s).
 #
-#   OUT=/some/dir bash benchmarks/gpu_check.sh
+#   OUT=/some/dir bash benchmarks/gpu_check.sh            # on a GPU machine
+#   OUT=/some/dir bash benchmarks/gpu_check.sh --dry-run  # anywhere: CPU, tiny sizes
 #
-# Assumes torch with CUDA and triton are installed. Sized to finish within one
-# 10-minute call (the device tool's limit): the CUDA kernels are built for the
-# visible GPU's architecture only, the tests are the GPU ones (the CPU suite,
-# interpreter and compile checks included, runs in CI), and the benchmark caps
-# each implementation's timing. Steps, each logged under $OUT:
-#   1. versions, nvidia-smi                                   -> env.txt
-#   2. pip install --no-build-isolation -e . (FORCE_CUDA=1, arch of GPU 0)
-#                                                             -> install.log
-#   3. pytest -q tests/test_gpu.py tests/test_cuda_backend.py -> pytest.log, pytest.xml
-#   4. Triton checks: a whole XSAM step (nonfinite="none") under
-#      torch.cuda.set_sync_debug_mode("error"), Triton launches and CUDA kernels
-#      per step for 3 vs 62 vs 300 tensors                    -> triton_checks.txt
-#   5. python -m benchmarks.bench_step --device cuda, resnet18 with every
-#      implementation (torch.compile baseline included), then 125M and 1B
-#      without it (fp32, bf16)                                -> bench.log, step_cuda_*.{csv,md,png}
-# and prints a short summary table last. The exit status is non-zero if any step failed.
+# Needs python3 (or $PYTHON) with torch and, for the Triton backend, triton; nothing is
+# downloaded. Stages, in order of value, each under its own `timeout` (a failing or
+# timed-out stage does not stop the later ones):
+#   install    pip install --no-build-isolation --no-deps -e . without extensions
+#              (seconds: the package and its Triton kernels whatever the build does)
+#   build      the same with the extensions, for GPU 0's arch only (TORCH_CUDA_ARCH_LIST
+#              from torch.cuda.get_device_capability(), FORCE_CUDA=1, MAX_JOBS = CPU count)
+#   gpu-tests  pytest tests/test_gpu.py tests/test_cuda_backend.py tests/test_no_sync.py
+#   contract   pytest tests/test_backend_contract.py -k "triton-cuda or cuda"
+#   bandwidth  bench_step at 125M and 1B params, fp32/bf16, triton and cuda, against the
+#              device-to-device copy measured in the same run
+#   resnet18   bench_step on ResNet-18 shapes: triton, cuda, reference, authors-style, foreach
+#   launches   kernel launches per step for 3/62/300 tensors (benchmarks.gpu_stages)
+#   syncs      steps under torch.cuda.set_sync_debug_mode("error"), both GPU backends,
+#              SGD and AdamW, k = 1, 2 (benchmarks.gpu_stages)
+#   compiled   the torch.compile baseline on ResNet-18 shapes, last
+# Files under $OUT (at most 8): gpu_check.log (everything), summary.md (date, GPU, driver,
+# versions, each stage's status and seconds, the key results), results.tar.gz (pytest
+# XML, benchmark CSV/Markdown/PNG, stage outputs). Exit status: 0 when every stage that
+# ran passed.
+#
+# --dry-run: every stage on the CPU with tiny sizes (CUDA hidden, Triton under its
+# interpreter): nothing is installed (the commands are printed), the test stages collect
+# only, and what needs CUDA is skipped with a message. The Python stages live in
+# benchmarks/gpu_stages.py.
 set -uo pipefail
+DRY=0
+case "${1:-}" in
+  --dry-run) DRY=1 ;;
+  "") ;;
+  *) echo "usage: OUT=dir bash benchmarks/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
+esac
+OUT=${OUT:-results/gpu_check_$(date +%Y%m%d-%H%M%S)}  # relative to the caller's directory
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 2
 cd "$(dirname "$0")/.."
-OUT="${OUT:-results/gpu_check_$(date +%Y%m%d-%H%M%S)}"
-mkdir -p "$OUT"
-declare -A RC
+
+PY=${PYTHON:-python3}
+TOTAL=${GPU_CHECK_TOTAL_S:-470}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+LOG=$OUT/gpu_check.log
+SUMMARY=$OUT/summary.md
+: >"$LOG"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+if [ "$DRY" = 1 ]; then
+  export CUDA_VISIBLE_DEVICES="" TRITON_INTERPRET=1
+  DRYFLAG=(--dry-run)
+  COLLECT=(--collect-only)
+else
+  DRYFLAG=()
+  COLLECT=()
+fi
+FAILED=0
+STAGES=()
+
+# stage NAME LIMIT_S COMMAND...: run COMMAND under `timeout`, output to the log and stdout;
+# status ok / failed (rc) / timed out / skipped (exit 3: nothing to run in a dry run)
+stage() {
+  local name=$1 limit=$2 left rc status start secs
+  shift 2
+  left=$((TOTAL - SECONDS - 20))
+  if [ "$left" -lt 15 ]; then
+    STAGES+=("| $name | not run (no time left of ${TOTAL} s) | 0 | $limit |")
+    echo "== $name: not run, no time left" | tee -a "$LOG"
+    FAILED=1
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (limit ${limit} s) $(date -u +%H:%M:%S)" | tee -a "$LOG"
+  start=$SECONDS
+  timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG" | tee "$WORK/$name.txt"
+  rc=${PIPESTATUS[0]}
+  secs=$((SECONDS - start))
+  case $rc in
+    0) status=ok ;;
+    3) status=skipped ;;
+    124|137) status="timed out"; FAILED=1 ;;
+    *) status="failed (exit $rc)"; FAILED=1 ;;
+  esac
+  STAGES+=("| $name | $status | $secs | $limit |")
+  echo "== $name: $status in ${secs} s" | tee -a "$LOG"
+}
+
+PYTEST=("$PY" -m pytest -q -rs -p no:cacheprovider "${COLLECT[@]}")
 
 {
-  date -u
-  nvidia-smi || true
-  python -c "import sys, torch, triton; print('python', sys.version.split()[0]); \
-print('torch', torch.__version__, 'cuda', torch.version.cuda); print('triton', triton.__version__); \
-print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
-} 2>&1 | tee "$OUT/env.txt"
+  echo "gpu_check $([ "$DRY" = 1 ] && echo "DRY RUN (CPU, tiny sizes) ")$(date -u '+%F %T UTC')"
+  command -v nvidia-smi >/dev/null && timeout 30 nvidia-smi
+  "$PY" --version
+} 2>&1 | tee -a "$LOG"
 
-echo "== install" | tee "$OUT/install.log"
-ARCH=$(python -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))" 2>/dev/null)
-FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-${ARCH:-9.0}}" MAX_JOBS="${MAX_JOBS:-16}" \
-  pip install --no-build-isolation -e . >>"$OUT/install.log" 2>&1; RC[install]=$?
-python -c "import xsam_fast; print('backend_status', xsam_fast.backend_status())" 2>&1 \
-  | tee -a "$OUT/install.log"
+stage install 60 "$PY" -m benchmarks.gpu_stages install "${DRYFLAG[@]}"
+stage build 240 "$PY" -m benchmarks.gpu_stages build "${DRYFLAG[@]}"
+stage gpu-tests 120 "${PYTEST[@]}" --junitxml="$WORK/gpu-tests.xml" tests/test_gpu.py \
+  tests/test_cuda_backend.py tests/test_no_sync.py
+stage contract 60 "${PYTEST[@]}" --junitxml="$WORK/contract.xml" \
+  tests/test_backend_contract.py -k "triton-cuda or cuda"
+for name in bandwidth resnet18; do
+  stage "$name" 75 "$PY" -m benchmarks.gpu_stages bench "$name" "${DRYFLAG[@]}" --out "$WORK/bench"
+done
+stage launches 45 "$PY" -m benchmarks.gpu_stages launches "${DRYFLAG[@]}"
+stage syncs 60 "$PY" -m benchmarks.gpu_stages syncs "${DRYFLAG[@]}"
+stage compiled 120 "$PY" -m benchmarks.gpu_stages bench compiled "${DRYFLAG[@]}" --out "$WORK/bench"
 
-echo "== tests"
-python -m pytest -q tests/test_gpu.py tests/test_cuda_backend.py -rs \
-  --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log"; RC[tests]=${PIPESTATUS[0]}
-
-echo "== triton checks"
-python - <<'EOF' 2>&1 | tee "$OUT/triton_checks.txt"; RC[checks]=${PIPESTATUS[0]}
-import importlib, sys
-import torch
-from torch import nn
-from xsam_fast import XSAM
-
-assert torch.cuda.is_available(), "no CUDA device"
-counter = {"n": 0}
-for name in ("reductions", "perturb", "update"):
-    module = importlib.import_module(f"xsam_fast.triton_kernels.{name}")
-    for attr in vars(module).values():
-        run = getattr(attr, "run", None)
-        if run is not None and hasattr(attr, "fn") and hasattr(attr, "__getitem__"):
-            def counted(*a, _run=run, **k):
-                counter["n"] += 1
-                return _run(*a, **k)
-            attr.run = counted
-
-failed = False
-for n_tensors in (3, 62, 300):
-    torch.manual_seed(0)
-    params = [nn.Parameter(torch.randn((37 * i) % 5000 + 1, device="cuda")) for i in range(n_tensors)]
-    opt = XSAM(params, torch.optim.SGD, rho=0.05, backend="triton", nonfinite="none",
-               lr=0.1, momentum=0.9, weight_decay=5e-4)
-
-    def closure():
-        opt.zero_grad()
-        loss = sum((p * p).sum() for p in params)
-        loss.backward()
-        return loss
-
-    opt.step(closure)  # builds tables and momentum buffers
-    torch.cuda.synchronize()
-    before = counter["n"]
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        opt.step(closure)
-        sync_ok = "no sync"
-    except RuntimeError as exc:
-        sync_ok, failed = f"SYNC: {exc}", True
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
-    launches = counter["n"] - before
-    # every CUDA kernel of the optimizer part of a step (closure excluded by pre-computing grads)
-    grads = [torch.randn_like(p) for p in params]
-    for p, g in zip(params, grads):
-        p.grad = g.clone()
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        opt.first_step()
-        for p, g in zip(params, grads):
-            p.grad.copy_(g)
-        opt.second_step()
-        torch.cuda.synchronize()
-    kernels = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
-    print(f"tensors={n_tensors:4d}  triton_launches_per_step={launches}  "
-          f"cuda_kernels_optimizer_only={kernels}  sync_debug_error_mode={sync_ok}")
-print("launch counts must be equal for every number of tensors (triton: 6 per step with k=1: sumsq 2, ascent 1, final sums 2, update 1)")
-sys.exit(1 if failed else 0)
-EOF
-
-echo "== benchmark"
-# torch.compile's baseline compiles once per case (minutes for hundreds of tensors):
-# timed on resnet18 only
-BENCH=(--device cuda --repeat 30 --warmup 3 --budget-s 6 --out "$OUT")
-python -m benchmarks.bench_step "${BENCH[@]}" --sizes resnet18 --dtypes fp32,bf16 \
-  2>&1 | tee "$OUT/bench.log"; RC[bench]=${PIPESTATUS[0]}
-python -m benchmarks.bench_step "${BENCH[@]}" --sizes 125M,1B --dtypes fp32,bf16 \
-  --backends triton,cuda,reference,authors-style,foreach 2>&1 | tee -a "$OUT/bench.log"
-[ "${PIPESTATUS[0]}" = 0 ] || RC[bench]=1
-
+{
+  echo "# xsam-fast gpu_check$([ "$DRY" = 1 ] && echo " (dry run: CPU, tiny sizes)")"
+  echo
+  timeout 60 "$PY" -m benchmarks.gpu_stages env 2>&1 || echo "- (the environment could not be read)"
+  echo "- whole run: ${SECONDS} s of at most ${TOTAL} s"
+  echo
+  echo "| stage | status | seconds | limit s |"
+  echo "|---|---|---|---|"
+  printf '%s\n' "${STAGES[@]}"
+  for name in gpu-tests contract; do
+    [ -f "$WORK/$name.txt" ] || continue
+    echo
+    echo "$name: $(grep -E '(passed|failed|error|skipped|selected|collected)' \
+      "$WORK/$name.txt" | tail -n 1)"
+  done
+  for name in launches syncs; do
+    [ -f "$WORK/$name.txt" ] && { echo; echo "## $name"; echo; cat "$WORK/$name.txt"; }
+  done
+  for md in $(ls -tr "$WORK"/bench/step_*.md 2>/dev/null); do
+    echo; echo "## $(basename "$md")"; echo; cat "$md"
+  done
+} >"$SUMMARY" 2>&1
+tar -czf "$OUT/results.tar.gz" -C "$WORK" . 2>>"$LOG"
 echo
-echo "================ summary ($OUT) ================"
-printf '%-10s %s\n' step "exit status"
-for step in install tests checks bench; do printf '%-10s %s\n' "$step" "${RC[$step]}"; done
-echo "-- tests:  $(tail -n 1 "$OUT/pytest.log")"
-grep -E '^tensors=' "$OUT/triton_checks.txt" | sed 's/^/-- /'
-for md in $(ls -tr "$OUT"/step_cuda_*.md 2>/dev/null); do echo "-- benchmark ($md):"; cat "$md"; done
-status=0
-for step in install tests checks bench; do [ "${RC[$step]}" = 0 ] || status=1; done
-exit $status
+cat "$SUMMARY"
+exit "$FAILED"

@@ -1,7 +1,7 @@
 """Speed against accuracy of ``interval=k`` on the digits job of ``xsam-fast train``.
 
-    python benchmarks/interval_tradeoff.py             # writes benchmarks/INTERVAL_RESULTS.md
-    python benchmarks/interval_tradeoff.py --quick     # 2 seeds x 2 epochs, prints only
+    python -m benchmarks.interval_tradeoff             # writes results/interval/
+    python -m benchmarks.interval_tradeoff --quick     # 2 seeds x 2 epochs, prints only
 
 With ``interval=k`` SAM/XSAM take their full step (``steps + 1`` forward/backward
 passes, plus XSAM's alpha search once per epoch) on every k-th batch and a plain
@@ -15,30 +15,27 @@ compared as the median over seeds of per-seed ratios of median epoch times.
 Speed is measured as the CPU time of the process per epoch (training pass only),
 with one torch thread by default: on a shared machine the wall time of an epoch
 depends on what else runs, its CPU time much less. Wall times are reported too.
+
+Output: the Markdown report ``--out`` (default
+``results/interval/INTERVAL_RESULTS_<stamp>.md``).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from xsam_fast.train.data import load_dataset
+from xsam_fast.train.loop import TrainConfig, train_run, warm_up
 
-from benchmarks.machine import cpu_name  # noqa: E402
-from xsam_fast.train.data import load_dataset  # noqa: E402
-from xsam_fast.train.loop import TrainConfig, train_run, warm_up  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, "INTERVAL_RESULTS.md")
+from . import report
+from .machine import describe, load_average, machine_info
 
 
 def _ints(text: str) -> list[int]:
@@ -109,61 +106,32 @@ def summarize(results: list[dict[str, Any]], methods: Sequence[str]) -> list[dic
 
 
 def format_rows(rows: list[dict[str, Any]], reference: str) -> str:
-    lines = ["| run | test acc % (mean ± std) | final train loss | CPU s/epoch median "
-             f"| CPU s/epoch mean | CPU time vs {reference} interval 1 | wall s/epoch median "
-             "| fwd/bwd passes per batch |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        vs = "-" if r["vs_one"] is None else f"{r['vs_one']:.2f}x"
-        lines.append(f"| {r['label']} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} "
-                     f"| {r['loss_mean']:.4f} | {r['time_median']:.3f} | {r['time_mean']:.3f} "
-                     f"| {vs} | {r['wall_median']:.3f} | {r['passes']:.2f} |")
-    return "\n".join(lines)
+    head = ["run", "test acc % (mean ± std)", "final train loss", "CPU s/epoch median",
+            "CPU s/epoch mean", f"CPU time vs {reference} interval 1", "wall s/epoch median",
+            "fwd/bwd passes per batch"]
+    body = [[r["label"], f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}",
+             f"{r['loss_mean']:.4f}", f"{r['time_median']:.3f}", f"{r['time_mean']:.3f}",
+             "-" if r["vs_one"] is None else f"{r['vs_one']:.2f}x", f"{r['wall_median']:.3f}",
+             f"{r['passes']:.2f}"] for r in rows]
+    return "\n".join(report.markdown_table(head, body))
 
 
-def machine() -> str:
-    threads = torch.get_num_threads()
-    return (f"{cpu_name()}, {os.cpu_count()} logical CPUs, {threads} torch thread{'s' * (threads != 1)}, "
-            f"{platform.system()}, Python {platform.python_version()}, torch {torch.__version__}")
-
-
-def source() -> str:
-    """The commit measured, and the files changed from it (``git status``), if a checkout."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout
-    try:
-        commit = git("rev-parse", "--short", "HEAD").strip()
-        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no")
-                   .splitlines()]
-    except (OSError, subprocess.CalledProcessError):
-        return "not a git checkout"
-    return f"commit {commit}" + (f" with changes to {', '.join(changed)}" if changed else "")
-
-
-def load() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def report(rows: list[dict[str, Any]], results: list[dict[str, Any]], cfg: TrainConfig,
-           methods: Sequence[str], argv: Sequence[str], stamp: str, wall: float,
-           loads: tuple[str, str]) -> str:
-    per_seed = ["| run | " + " | ".join(f"seed {s}" for s in sorted({r["seed"] for r in results}))
-                + " |", "|---|" + "---|" * len({r["seed"] for r in results})]
-    for row in rows:
-        mine = sorted((r for r in results if label(r) == row["label"]), key=lambda r: r["seed"])
-        per_seed.append(f"| {row['label']} | "
-                        + " | ".join(f"{100 * r['test_acc']:.2f}" for r in mine) + " |")
+def render(rows: list[dict[str, Any]], results: list[dict[str, Any]], cfg: TrainConfig,
+           methods: Sequence[str], argv: Sequence[str], info: dict[str, str], wall: float,
+           load_end: str) -> str:
+    seeds = sorted({r["seed"] for r in results})
+    per_seed = report.markdown_table(
+        ["run", *(f"seed {s}" for s in seeds)],
+        [[row["label"], *(f"{100 * r['test_acc']:.2f}" for r in sorted(
+            (r for r in results if label(r) == row["label"]), key=lambda r: r["seed"]))]
+         for row in rows])
     return "\n".join([
         "# interval=k: speed against accuracy on the digits job",
         "",
-        f"Measured {stamp} on {machine()}; load average (1/5/15 min) {loads[0]} at the start, "
-        f"{loads[1]} at the end; {wall:.0f} s in all. Code: {source()}.",
+        f"Measured {info['date']} on {describe(info)} (that load average at the "
+        f"start, {load_end} at the end); {wall:.0f} s in all.",
         "",
-        f"Command: `{' '.join(['python benchmarks/interval_tradeoff.py', *argv])}`",
+        f"Command: `{' '.join(['python -m benchmarks.interval_tradeoff', *argv])}`",
         "",
         f"Job: scikit-learn's digits (1437 train / 360 test images), the CNN of `xsam-fast "
         f"train` (width {cfg.width}), SGD lr {cfg.lr} momentum {cfg.momentum} wd {cfg.wd}, cosine "
@@ -205,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default=d.backend)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (CPU time is clean with one: no spinning workers)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="markdown file to write")
+    parser.add_argument("--out", help="markdown file to write (default "
+                        "results/interval/INTERVAL_RESULTS_<stamp>.md)")
     parser.add_argument("--quick", action="store_true", help="2 seeds x 2 epochs; print only")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -215,16 +184,18 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.epochs = 2, 2
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(epochs=args.epochs, bs=args.bs, width=args.width, backend=args.backend)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    loads0, start = load(), time.perf_counter()
+    info, start = machine_info(torch.device("cpu")), time.perf_counter()
     results = run(cfg, methods, args.intervals, list(range(args.seeds)))
-    wall, loads1 = time.perf_counter() - start, load()
+    wall, load_end = time.perf_counter() - start, load_average()
     rows = summarize(results, methods)
     print(format_rows(rows, methods[0].upper()))
     if not args.quick:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(report(rows, results, cfg, methods, argv, stamp, wall, (loads0, loads1)))
-        print(f"wrote {args.out}")
+        out = (report.stem(report.out_dir(report.RESULTS / "interval"), "INTERVAL_RESULTS")
+               .with_suffix(".md") if args.out is None else report.out_dir(
+                   Path(args.out).parent) / Path(args.out).name)
+        out.write_text(render(rows, results, cfg, methods, argv, info, wall, load_end),
+                       encoding="utf-8")
+        print(f"wrote {out}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """How many forward passes each alpha-search strategy uses, and how often it agrees with the grid.
 
-    python benchmarks/search_eval.py            # full run, writes benchmarks/SEARCH_RESULTS.md
-    python benchmarks/search_eval.py --quick    # small sizes, prints only
+    python -m benchmarks.search_eval            # full run, writes results/search/
+    python -m benchmarks.search_eval --quick    # small sizes (a smoke run), same outputs
 
 Four workloads, each strategy compared with the authors' exhaustive grid
 (``"grid"``, 21 points on 0..2) on the same search:
@@ -19,38 +19,38 @@ the step; its search record gives alpha* and the number of forward passes. A
 strategy *misses* when its alpha* is more than one grid step from the grid's.
 
 Then the batched search (``search_batch=K``: K grid points per vectorised
-forward) against the sequential one, on the digits CNN and on a bigger MLP.
+forward) against the sequential one, on the digits CNN and on a bigger MLP, on
+the CPU (the report names the CPU, the load, and whether torch saw a GPU).
+
+Outputs (``--out``, default ``results/search``): ``SEARCH_RESULTS_<stamp>.md`` and the
+two plots ``search_directions_<stamp>.png`` and ``search_log_<stamp>.png``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import math
 import os
-import platform
 import random
 import shutil
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from xsam_fast import XSAM
+from xsam_fast.coefficients import alpha_grid
+from xsam_fast.diagnostics import digits_diagnostic, format_table
+from xsam_fast.search import STRATEGIES, ModelLoss
 
-from benchmarks.machine import cpu_name  # noqa: E402
-from xsam_fast import XSAM  # noqa: E402
-from xsam_fast.coefficients import alpha_grid  # noqa: E402
-from xsam_fast.diagnostics import digits_diagnostic, format_table  # noqa: E402
-from xsam_fast.search import STRATEGIES, ModelLoss  # noqa: E402
+from . import report
+from .machine import describe, gpu_name, load_average, machine_info
 
 STRATS = list(STRATEGIES)
 GRID = alpha_grid(2.0, 0.1)
 DELTA = 0.1
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # ---------------------------------------------------------------- one search
@@ -287,40 +287,42 @@ def batched_timing(repeats: int, seed: int, quick: bool) -> list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------- output
-def machine() -> str:
-    return (f"{cpu_name()}, {torch.get_num_threads()} torch threads, {platform.system()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
-
-
 def table(title: str, res: dict[str, dict[str, Any]]) -> str:
-    lines = [f"**{title}** ({res['grid']['n']} searches)", "",
-             "| strategy | passes mean (max) | % of grid | alpha* = grid | within 1 step | misses "
-             "| miss mean / max dalpha | mean loss regret | worst miss regret |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for s, r in res.items():
-        lines.append(
-            f"| {s} | {r['passes_mean']:.2f} ({r['passes_max']}) | "
-            f"{100 * r['passes_mean'] / len(GRID):.0f}% | {100 * r['exact']:.1f}% | "
-            f"{100 * r['within']:.1f}% | {r['misses']} | "
-            f"{r['miss_dalpha_mean']:.2f} / {r['miss_dalpha_max']:.2f} | "
-            f"{100 * r['regret_mean']:.2f}% | {100 * r['miss_regret_max']:.1f}% |")
-    return "\n".join(lines)
+    head = ["strategy", "passes mean (max)", "% of grid", "alpha* = grid", "within 1 step",
+            "misses", "miss mean / max dalpha", "mean loss regret", "worst miss regret"]
+    body = [[s, f"{r['passes_mean']:.2f} ({r['passes_max']})",
+             f"{100 * r['passes_mean'] / len(GRID):.0f}%", f"{100 * r['exact']:.1f}%",
+             f"{100 * r['within']:.1f}%", str(r["misses"]),
+             f"{r['miss_dalpha_mean']:.2f} / {r['miss_dalpha_max']:.2f}",
+             f"{100 * r['regret_mean']:.2f}%", f"{100 * r['miss_regret_max']:.1f}%"]
+            for s, r in res.items()]
+    return "\n".join([f"**{title}** ({res['grid']['n']} searches)", "",
+                      *report.markdown_table(head, body)])
 
 
 def timing_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | params | strategy | points per forward | forwards | search ms, best "
-             "(median) | speed-up vs sequential grid, best (median) |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['strategy']} | {r['batch']} | "
-                     f"{r['forwards']:.1f} | {r['min_ms']:.1f} ({r['time_ms']:.1f}) | "
-                     f"{r['speedup_min']:.2f}x ({r['speedup']:.2f}x) |")
-    return "\n".join(lines)
+    head = ["model", "params", "strategy", "points per forward", "forwards",
+            "search ms, best (median)", "speed-up vs sequential grid, best (median)"]
+    body = [[r["model"], f"{r['params']:,}", r["strategy"], str(r["batch"]),
+             f"{r['forwards']:.1f}", f"{r['min_ms']:.1f} ({r['time_ms']:.1f})",
+             f"{r['speedup_min']:.2f}x ({r['speedup']:.2f}x)"] for r in rows]
+    return "\n".join(report.markdown_table(head, body))
+
+
+def where_timed() -> str:
+    """What the batched timing ran on, as measured: the CPU, and whether torch saw a GPU."""
+    gpu = gpu_name()
+    return ("on the CPU; torch saw " + (f"a GPU ({gpu}), not used by this timing" if gpu
+                                         else "no GPU on this machine"))
+
+
+def _pct(res: dict[str, Any], strategy: str, key: str) -> float:
+    return 100 * res[strategy][key]
 
 
 def readme_section(summaries: list[tuple[str, dict[str, dict[str, Any]]]],
-                   timing: list[dict[str, Any]], diag_rows: list[dict[str, Any]], stamp: str
-                   ) -> str:
+                   timing: list[dict[str, Any]], diag_rows: list[dict[str, Any]], stamp: str,
+                   plots: tuple[str, str]) -> str:
     """A README section built from the measured figures above (nothing typed by hand)."""
     lines = ["## Searching alpha", "",
              "The search of alpha is XSAM's only extra cost over SAM (21 forward passes on the "
@@ -328,42 +330,54 @@ def readme_section(summaries: list[tuple[str, dict[str, dict[str, Any]]]],
              "(the authors' exhaustive search, the default), `\"fibonacci\"` (exact on unimodal "
              "curves, at most 7 passes), `\"coarse\"` (every 4th point, then a Fibonacci search "
              "around the best; more robust to several bumps, at most 10 passes). Measured by "
-             f"`python benchmarks/search_eval.py` ({stamp}; details in "
-             "`benchmarks/SEARCH_RESULTS.md`): mean forward passes, and how often alpha* equals "
-             "the grid's / is within one grid step of it.", "",
-             "| workload | searches | fibonacci: passes, = grid, within 1 step | "
-             "coarse: passes, = grid, within 1 step |", "|---|---|---|---|"]
+             f"`python -m benchmarks.search_eval` ({stamp}): mean forward passes, and how often "
+             "alpha* equals the grid's / is within one grid step of it.", ""]
+    body = []
     for title, res in summaries:
-        cells = [f"{res[s]['passes_mean']:.1f} ({100 * res[s]['passes_mean'] / len(GRID):.0f}%), "
-                 f"{100 * res[s]['exact']:.1f}%, {100 * res[s]['within']:.1f}%"
-                 for s in ("fibonacci", "coarse")]
-        lines.append(f"| {title} | {res['grid']['n']} | {cells[0]} | {cells[1]} |")
-    lines += ["", "`\"fibonacci\"` meets the target (at most 40% of the grid's passes, the grid's "
-              "alpha*) on every unimodal curve; on curves with several local maxima it can return "
-              "a local one (rows with 2-3 bumps, the MLP row). `\"coarse\"` misses less often "
-              "there but costs about 40-44% of the grid. Use `\"grid\"` when exactness matters.",
-              "",
+        body.append([title, str(res["grid"]["n"])] + [
+            f"{res[s]['passes_mean']:.1f} ({100 * res[s]['passes_mean'] / len(GRID):.0f}%), "
+            f"{_pct(res, s, 'exact'):.1f}%, {_pct(res, s, 'within'):.1f}%"
+            for s in ("fibonacci", "coarse")])
+    lines += report.markdown_table(["workload", "searches",
+                                    "fibonacci: passes, = grid, within 1 step",
+                                    "coarse: passes, = grid, within 1 step"], body)
+    unimodal = [res for title, res in summaries if "unimodal" in title]
+    others = [res for title, res in summaries if "unimodal" not in title]
+    coarse = [100 * res["coarse"]["passes_mean"] / len(GRID) for _, res in summaries]
+    if unimodal and others:
+        lines += ["", f"On unimodal curves `\"fibonacci\"` returned the grid's alpha* in "
+                  f"{min(_pct(r, 'fibonacci', 'exact') for r in unimodal):.1f}% of the searches "
+                  f"with {min(100 * r['fibonacci']['passes_mean'] / len(GRID) for r in unimodal):.0f}"
+                  f"% of its passes; on the other workloads in "
+                  f"{min(_pct(r, 'fibonacci', 'exact') for r in others):.1f}-"
+                  f"{max(_pct(r, 'fibonacci', 'exact') for r in others):.1f}% (it can return a "
+                  "local maximum). `\"coarse\"` used "
+                  f"{min(coarse):.0f}-{max(coarse):.0f}% of the grid's passes and was within one "
+                  f"grid step in {min(_pct(r, 'coarse', 'within') for r in others):.1f}-"
+                  f"{max(_pct(r, 'coarse', 'within') for r in others):.1f}% of the searches "
+                  "with several maxima. Use `\"grid\"` when exactness matters."]
+    lines += ["",
               "Batched search: `XSAM(..., search_batch=K)` evaluates K grid points per forward "
               "pass (`torch.func.vmap` over K stacked parameter sets, K times the parameter "
               "memory) when the search loss is a `xsam_fast.search.ModelLoss` (the authors' "
               "`second_step(model=, inputs=, targets=, criterion=)` builds one; with the closure "
               "API pass `search_loss=ModelLoss(model, x, y, criterion)`); any other callable "
-              "falls back to one point per forward. Search time on this CPU (shared with other "
-              "jobs; best of the round-robin repeats, median in brackets):", "",
-              "| model | strategy | points per forward | forwards | search ms | vs sequential grid |",
-              "|---|---|---|---|---|---|"]
-    for r in timing:
-        lines.append(f"| {r['model']} | {r['strategy']} | {r['batch']} | {r['forwards']:.1f} | "
-                     f"{r['min_ms']:.0f} ({r['time_ms']:.0f}) | {r['speedup_min']:.2f}x "
-                     f"({r['speedup']:.2f}x) |")
+              f"falls back to one point per forward. Search time, timed {where_timed()} (best "
+              "of the round-robin repeats, median in brackets):", ""]
+    lines += report.markdown_table(
+        ["model", "strategy", "points per forward", "forwards", "search ms", "vs sequential grid"],
+        [[r["model"], r["strategy"], str(r["batch"]), f"{r['forwards']:.1f}",
+          f"{r['min_ms']:.0f} ({r['time_ms']:.0f})",
+          f"{r['speedup_min']:.2f}x ({r['speedup']:.2f}x)"] for r in timing])
     batched = [r for r in timing if r["strategy"] == "grid" and r["batch"] > 1]
-    lines += ["", "Best-of-repeats speed-up of the batched grid search over the sequential one: "
+    lines += ["", "Best-of-repeats speed-up of the batched grid search over the sequential one "
+              "on the CPU: "
               + "; ".join(f"{r['model']} K={r['batch']}: {r['speedup_min']:.2f}x" for r in batched)
               + ". On a CPU a vectorised forward over K parameter sets does the same arithmetic "
-              "as K forwards and also builds K parameter copies, so little is to be gained there; "
-              "the option is meant for accelerators, where a small model's forward is bound by "
-              "kernel launches, which were not measured here (no GPU). The fewer passes of "
-              "`\"fibonacci\"`/`\"coarse\"` are what saves time on a CPU."]
+              "as K forwards and also builds K parameter copies; the option is meant for "
+              "accelerators, where a small model's forward is bound by kernel launches, which "
+              "this benchmark does not time. The fewer passes of `\"fibonacci\"`/`\"coarse\"` "
+              "are what saves time on a CPU."]
     lines += ["", "Schedule: `search_interval=N` (every N XSAM steps with `step()`), "
               "`update_alpha=(batch_idx == 0)` or `opt.request_search()` at the start of an epoch "
               "(once per epoch, the authors' schedule), or `opt.request_search()` whenever wanted "
@@ -382,8 +396,8 @@ def readme_section(summaries: list[tuple[str, dict[str, dict[str, Any]]]],
               "v(alpha*) gives a higher loss than SAM's direction by a factor "
               f"{min(r['loss_vstar'] / r['loss_v1'] for r in diag_rows):.3f} to "
               f"{max(r['loss_vstar'] / r['loss_v1'] for r in diag_rows):.3f} at these points, "
-              "and the ascent direction v0 is lower than both (plots: "
-              "`benchmarks/search_directions.png`, `benchmarks/search_log.png`)."
+              f"and the ascent direction v0 is lower than both (plots: `{plots[0]}`, "
+              f"`{plots[1]}`)."
               if all(r["loss_v0"] <= r["loss_v1"] for r in diag_rows) else
               "v(alpha*) / SAM loss ratio: " + ", ".join(
                   f"{r['loss_vstar'] / r['loss_v1']:.3f}" for r in diag_rows) + "."]
@@ -392,12 +406,14 @@ def readme_section(summaries: list[tuple[str, dict[str, dict[str, Any]]]],
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes; print, write nothing")
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes and few repeats (a smoke run; the report says so)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join(HERE, "SEARCH_RESULTS.md"))
+    ap.add_argument("--out", default=str(report.RESULTS / "search"), help="output folder")
     args = ap.parse_args(argv)
     q = args.quick
     start = time.perf_counter()
+    info = machine_info(torch.device("cpu"))
     results = [("(a) quadratic", "(a) quadratic losses (half positive definite, half indefinite), "
                 "rho_max in {0.1, 0.3, 1, 3}, live", workload_quadratic(20 if q else 200, args.seed))]
     for bumps in (1, 2, 3):
@@ -414,51 +430,53 @@ def main(argv: list[str] | None = None) -> int:
     for section in sections:
         print(section, "\n")
     repeats = 2 if q else 15
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load_before = load_average()
     timing = batched_timing(repeats, args.seed, q)
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load_after = load_average()
     tt = timing_table(timing)
     print(tt)
-    if q:
-        print(f"\n{time.perf_counter() - start:.0f} s")
-        return 0
     import tempfile
 
     from xsam_fast.plotting import plot_search_log
 
+    stem = report.stem(report.out_dir(args.out), "SEARCH_RESULTS")
+    plots = (stem.with_name(stem.name.replace("SEARCH_RESULTS", "search_directions") + ".png"),
+             stem.with_name(stem.name.replace("SEARCH_RESULTS", "search_log") + ".png"))
     with tempfile.TemporaryDirectory() as tmp:
-        rows = digits_diagnostic(epochs=6, at=(1, 2, 4, 6), seed=args.seed, out_dir=tmp)
-        shutil.copy(os.path.join(tmp, "directions.png"), os.path.join(HERE, "search_directions.png"))
-        plot_search_log(os.path.join(tmp, "search.jsonl"), os.path.join(HERE, "search_log.png"),
+        epochs, at = ((2, (1, 2)) if q else (6, (1, 2, 4, 6)))
+        rows = digits_diagnostic(epochs=epochs, at=at, seed=args.seed, out_dir=tmp)
+        shutil.copy(os.path.join(tmp, "directions.png"), plots[0])
+        plot_search_log(os.path.join(tmp, "search.jsonl"), str(plots[1]),
                         title="digits CNN, one grid search per epoch")
     diag = format_table(rows)
     print(diag)
     elapsed = time.perf_counter() - start
     print(f"\n{elapsed:.0f} s")
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(f"# Alpha search: strategies and batched evaluation\n\n"
-                f"Measured {stamp} on {machine()} by `python benchmarks/search_eval.py` "
-                f"(seed {args.seed}, {elapsed:.0f} s). Grid: 0..2 step 0.1 (21 points). "
-                f"'passes': forward passes of the search (grid points evaluated). 'misses': "
-                f"alpha* more than one grid step (0.1) from the grid's. 'loss regret': "
-                f"(L(alpha*_grid) - L(alpha*_strategy)) / (max - min of the grid curve).\n\n"
-                f"## Strategies\n\n")
-        f.write("\n\n".join(sections) + "\n\n")
-        f.write("## Batched search (`search_batch=K`)\n\nWall time of the search alone (its "
-                f"`time_s`), best and median of {repeats} repeats; the configurations take "
-                f"turns (round robin). CPU shared with other jobs, so the best time is the "
-                f"steadier figure (1-minute load average {load_before:.1f} before, "
-                f"{load_after:.1f} after, on {os.cpu_count()} CPUs); no GPU was available "
-                f"for this run."
-                f"\n\n{tt}\n\n")
-        f.write("## Diagnostic: loss at distance rho_max along g0, SAM's g1 and v(alpha*)\n\n"
-                "Digits CNN (`xsam_fast.diagnostics.digits_diagnostic`, 6 epochs, grid search "
-                "on the first batch of each epoch; losses on that batch). Plots: "
-                "`search_directions.png`, `search_log.png`.\n\n" + diag + "\n\n")
-        f.write("## Ready-to-paste README section\n\n" + readme_section(
-            [(short, res) for short, _, res in results], timing, rows, stamp))
-    print(f"wrote {args.out}")
+    names = (plots[0].name, plots[1].name)
+    path = report.write_markdown(stem.with_suffix(".md"), [
+        "# Alpha search: strategies and batched evaluation"
+        + (" (--quick: small sizes, a smoke run)" if q else ""),
+        f"Measured {info['date']} on {describe(info)}, by `python -m benchmarks.search_eval"
+        f"{' --quick' if q else ''}` (seed {args.seed}, {elapsed:.0f} s). "
+        "Grid: 0..2 step 0.1 (21 points). "
+        "'passes': forward passes of the search (grid points evaluated). 'misses': alpha* more "
+        "than one grid step (0.1) from the grid's. 'loss regret': (L(alpha*_grid) - "
+        "L(alpha*_strategy)) / (max - min of the grid curve).",
+        "## Strategies", *sections,
+        "## Batched search (`search_batch=K`)",
+        f"Wall time of the search alone (its `time_s`), best and median of {repeats} repeats, "
+        f"timed {where_timed()}; the configurations take turns (round robin), and the best time "
+        f"is the steadier figure on a loaded machine (load average {load_before} before, "
+        f"{load_after} after, on {os.cpu_count()} logical CPUs).", tt,
+        "## Diagnostic: loss at distance rho_max along g0, SAM's g1 and v(alpha*)",
+        f"Digits CNN (`xsam_fast.diagnostics.digits_diagnostic`, {epochs} epochs, grid "
+        "search on the "
+        f"first batch of each epoch; losses on that batch). Plots: `{names[0]}`, `{names[1]}`.",
+        diag,
+        "## Ready-to-paste README section",
+        readme_section([(short, res) for short, _, res in results], timing, rows, info["date"],
+                       names)])
+    print(f"wrote {path}, {plots[0]}, {plots[1]}")
     return 0
 
 

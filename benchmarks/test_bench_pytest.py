@@ -21,8 +21,10 @@ pytest.importorskip("pytest_benchmark")
 
 import xsam_fast  # noqa: E402
 
-from . import bench_step  # noqa: E402
 from .baselines import BASELINES  # noqa: E402
+from .impls import baseline_impl, prepare_step, xsam_impl  # noqa: E402
+from .shapes import DTYPES, SIZES, make_tensors, numel  # noqa: E402
+from .timing import Timer  # noqa: E402
 
 SIZE = os.environ.get("XSAM_BENCH_SIZE", "resnet18")
 DTYPE = os.environ.get("XSAM_BENCH_DTYPE", "fp32")
@@ -34,18 +36,17 @@ LABELS = [*xsam_fast.available_backends(), *BASELINES]
 def master():
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         pytest.skip("XSAM_BENCH_DEVICE=cuda but no CUDA device")
-    return bench_step.make_tensors(bench_step.SIZES[SIZE](), bench_step.DTYPES[DTYPE], DEVICE, 0)
+    return make_tensors(SIZES[SIZE](), DTYPES[DTYPE], DEVICE, 0)
 
 
 @pytest.mark.parametrize("label", LABELS)
 def test_xsam_step(benchmark, master, label: str) -> None:
-    impl = (bench_step.baseline_impl(label) if label in BASELINES
-            else bench_step.xsam_impl(label, "warn"))
-    ok, why = impl.supports(DEVICE, bench_step.DTYPES[DTYPE])
+    impl = baseline_impl(label) if label in BASELINES else xsam_impl(label, "warn")
+    ok, why = impl.supports(DEVICE, DTYPES[DTYPE])
     if not ok:
         pytest.skip(why)
-    step, _, _ = bench_step.prepare_step(impl, master)
-    timer = bench_step.Timer(DEVICE)
+    step, _, _ = prepare_step(impl, master)
+    timer = Timer(DEVICE)
     if DEVICE.type == "cuda":
         def run() -> None:
             step()
@@ -53,5 +54,5 @@ def test_xsam_step(benchmark, master, label: str) -> None:
     else:
         run = step
     benchmark.group = f"xsam step {SIZE} {DTYPE} {DEVICE.type}"
-    benchmark.extra_info.update(n_params=bench_step.numel(bench_step.SIZES[SIZE]()), impl=impl.label)
-    benchmark.pedantic(run, rounds=10, warmup_rounds=2, iterations=1)
+    benchmark.extra_info.update(n_params=numel(SIZES[SIZE]()), impl=impl.label)
+    benchmark.pedantic(run, rounds=10, warmup_rounds=max(2, impl.min_warmup), iterations=1)
