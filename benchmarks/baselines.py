@@ -269,7 +269,10 @@ class CompiledXSAM(ForeachXSAM):
             raise ValueError("CompiledXSAM benchmarks SGD only")
         group = self.param_groups[0]
         device = group["params"][0].device
-        self._sc = DeviceScalars(self.eps, None, self.alpha).on(device)
+        self.max_grad_norm = None
+        scalars = DeviceScalars()
+        scalars.refresh(self)  # alpha, eps, no clipping
+        self._sc = scalars.on(device)
         self._hyper = Hyper(device)
         for index, key in ((B.H_LR, "lr"), (B.H_WEIGHT_DECAY, "weight_decay"),
                            (B.H_MOMENTUM, "momentum"), (B.H_DAMPENING, "dampening")):

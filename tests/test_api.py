@@ -305,3 +305,16 @@ def test_adamw_is_fused_capturable_or_not(capturable, mlp64, batches64):
     for p in mlp64.parameters():
         step = opt.base_optimizer.state[p]["step"]
         assert step.device == p.device and float(step) == 2.0
+
+
+def test_gradients_are_freed_by_zero_grad_after_a_step(mlp64, batches64):
+    """The step keeps no reference to the gradients it used."""
+    import gc
+    import weakref
+
+    opt = _opt(mlp64, momentum=0.9)
+    closure_step(opt, mlp64, *batches64[0])
+    refs = [weakref.ref(p.grad) for p in mlp64.parameters()]
+    opt.zero_grad()
+    gc.collect()
+    assert all(r() is None for r in refs)

@@ -141,10 +141,11 @@ class Packer:
         """How many layouts and pointer tables were built so far (cache misses)."""
         return self._layouts.misses + self._tables.misses
 
-    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None) -> TritonList:
+    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None, *,
+             grads: bool = False) -> TritonList:
         if like is not None and not isinstance(like, TritonList):
             raise TypeError(f"like= must be a list packed by the triton backend, got {type(like)}")
-        check_layout(tensors, None if like is None else like.tensors, dense=True)
+        check_layout(tensors, like, dense=True, grads=grads)
         if not tensors:
             return TritonList((), None, self._layout((None, None, ())))
         device, dtype = tensors[0].device, tensors[0].dtype

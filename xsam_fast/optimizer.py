@@ -8,6 +8,7 @@ checkpoints. What a step does to the tensors is planned once in
 """
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Literal
 
@@ -150,7 +151,7 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
         self._in_step = False  # inside step(): torch's wrapper fires the step hooks
         self._bn_layers: list[nn.Module] | None = None  # learned when model is None
         self._reported_skips = 0.0
-        self._left_grad: tuple[Any, Any] = (None, None)  # a gradient the last step left
+        self._left_grad: tuple[Any, Any] = (None, None)  # a gradient the last step left (weak)
 
         self.step_count = 0  # completed XSAM steps
         self.base_steps = 0  # plain base-optimizer steps taken by step() (interval > 1)
@@ -273,7 +274,7 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
             raise
         norm_g = stepper.scalars.on(plan.devices[0])[NORM_G].clone()
         owner = plan.owners[0]
-        self._left_grad = (owner, owner.grad)  # to recognise this step's gradients later
+        self._left_grad = (owner, weakref.ref(owner.grad))  # to recognise them next step
         self.step_count += 1
         self._opt_called = True  # type: ignore[attr-defined]  (LR schedulers check it)
         self._end_step()
@@ -328,7 +329,7 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
             owner, grad = self._left_grad
             # the first pass keeps gradients made for it (a backward run before step(), as
             # davda54/sam's loop does), not those the last step left (a missing zero_grad)
-            stale = owner is not None and owner.grad is grad
+            stale = owner is not None and owner.grad is not None and owner.grad is grad()
             loss = self._closure(closure, learn=self.model is None and self._bn_layers is None,
                                  clear=stale)
             with frozen_running_stats(self._bn_modules()):

@@ -183,7 +183,7 @@ class StepPlan:
             try:
                 if self.dtensor:
                     grads = [local(g) for g in grads]
-                b.grads = b.kernels.pack(grads, like=b.params)
+                b.grads = b.kernels.pack(grads, like=b.params, grads=True)
             except (LayoutError, AttributeError, TypeError):  # a None, or a new layout
                 return False
         return True

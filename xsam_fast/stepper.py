@@ -162,7 +162,12 @@ class Stepper:
             _copy([local(p) for p in self.backed], [backup_of(self.opt, p) for p in self.backed])
 
     def end(self) -> None:
+        """Forget the step: its backups' bookkeeping and its gradient lists (so that
+        ``zero_grad(set_to_none=True)`` frees the gradients)."""
         self.backed, self._backed_ids, self._backed_plan = [], None, None
+        if self.plan is not None:
+            for b in self.plan.buckets:
+                b.grads = None
         self.ascents = 0
 
     # ------------------------------------------------------------------ phases

@@ -125,10 +125,18 @@ class TensorList:
     pass (grads) and must not be mutated.
     """
 
-    __slots__ = ("tensors",)
+    __slots__ = ("tensors", "_strides")
 
     def __init__(self, tensors: Sequence[Tensor]) -> None:
         self.tensors = tuple(tensors)
+        self._strides: list[tuple[int, ...]] | None = None
+
+    @property
+    def strides(self) -> list[tuple[int, ...]]:
+        """The tensors' strides (computed once)."""
+        if self._strides is None:
+            self._strides = [t.stride() for t in self.tensors]
+        return self._strides
 
     def __len__(self) -> int:
         return len(self.tensors)
@@ -154,12 +162,20 @@ def is_dense(t: Tensor) -> bool:
     return True
 
 
-def check_layout(tensors: Sequence[Tensor], like: Sequence[Tensor] | None, *,
-                 dense: bool) -> None:
+def check_layout(tensors: Sequence[Tensor], like: TensorList | None, *, dense: bool,
+                 grads: bool = False) -> None:
     """Raise :class:`LayoutError` unless ``tensors`` share one device and dtype and match
     ``like`` index for index in device and shape; with ``dense``, they must also be dense
     and non-overlapping and have ``like``'s strides (the fast backends step memory in
-    order). For packing; O(len(tensors)) in Python."""
+    order). For packing; O(len(tensors)) in Python.
+
+    ``grads``: ``tensors`` are the gradients (``p.grad``) of ``like``'s tensors, whose
+    device, dtype and shape torch guarantees to be the parameters'; only their strides
+    are compared (one call per tensor: this runs at every backward pass)."""
+    if grads and like is not None and len(tensors) == len(like):
+        strides = [t.stride() for t in tensors]  # (a missing gradient raises here)
+        if not dense or strides == like.strides:
+            return
     if not tensors:
         if like:
             raise LayoutError(f"0 tensors, {len(like)} expected")
@@ -175,7 +191,7 @@ def check_layout(tensors: Sequence[Tensor], like: Sequence[Tensor] | None, *,
             raise LayoutError(f"tensor {i} (shape {tuple(t.shape)}, strides {t.stride()}) is "
                               "not dense and non-overlapping")
         if like is not None:
-            ref = like[i]
+            ref = like.tensors[i]
             if t.shape != ref.shape or t.device != ref.device or (dense and t.stride() != ref.stride()):
                 raise LayoutError(f"tensor {i}: shape {tuple(t.shape)}, strides {t.stride()} on "
                                   f"{t.device}; expected {tuple(ref.shape)}, {ref.stride()} on "
@@ -200,11 +216,14 @@ class Backend(abc.ABC):
         """Whether buckets on ``device`` with ``dtype`` can be handled."""
 
     # ------------------------------------------------------------------ lists
-    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None) -> TensorList:
+    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None, *,
+             grads: bool = False) -> TensorList:
         """``tensors`` in this backend's form. With ``like``, tensor ``i`` must have the
         device, dtype, shape and strides of ``like[i]`` (raises :class:`LayoutError`);
-        fast backends also require dense, non-overlapping tensors."""
-        check_layout(tensors, None if like is None else like.tensors, dense=True)
+        fast backends also require dense, non-overlapping tensors. ``grads``: the tensors
+        are ``like``'s gradients, packed at every backward pass (see :func:`check_layout`:
+        only the strides need checking)."""
+        check_layout(tensors, like, dense=True, grads=grads)
         return TensorList(tensors)
 
     # ------------------------------------------------------------------ reductions

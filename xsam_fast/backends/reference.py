@@ -57,8 +57,8 @@ class ReferenceBackend(Backend):
     def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
         return dtype.is_floating_point
 
-    def pack(self, tensors, like=None) -> TensorList:
-        check_layout(tensors, None if like is None else like.tensors, dense=False)
+    def pack(self, tensors, like=None, *, grads=False) -> TensorList:
+        check_layout(tensors, like, dense=False, grads=grads)
         return TensorList(tensors)
 
     # ------------------------------------------------------------------ reductions

@@ -99,8 +99,8 @@ class TritonBackend(Backend):
         kind = torch.device(device).type
         return kind == "cpu" if _interpreting() else kind == "cuda"
 
-    def pack(self, tensors, like=None) -> TritonList:
-        return self.packer.pack(tensors, like)
+    def pack(self, tensors, like=None, *, grads=False) -> TritonList:
+        return self.packer.pack(tensors, like, grads=grads)
 
     # ------------------------------------------------------------ reductions
     def sumsq(self, grads, out, *, accumulate, weights=None, eta=None):
