@@ -10,6 +10,8 @@
 #include "packed_list.h"
 
 namespace py = pybind11;
+using xsam_cpu::Eta;
+using xsam_cpu::PackedList;
 
 namespace {
 
@@ -23,12 +25,18 @@ void translate_layout_error(std::exception_ptr error) {
   }
 }
 
+// An optional packed list argument: None or a PackedList. Taken as an object because
+// pybind11 defers None for a PackedList* argument to a second, converting pass over every
+// argument, which costs more than some whole calls.
+PackedList* optional_list(const py::object& list) {
+  return list.is_none() ? nullptr : list.cast<PackedList*>();
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "xsam-fast fused multi-tensor CPU kernels (see xsam_fast/backends/base.py)";
   using namespace pybind11::literals;
-  using xsam_cpu::PackedList;
   layout_error_type =
       py::object(py::module_::import("xsam_fast.backends.base").attr("LayoutError"))
           .release()
@@ -41,7 +49,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "like"_a = py::none())
       .def("__len__", &PackedList::size);
 
-  m.def("sumsq", &xsam_cpu::sumsq, "grads"_a, "out"_a, "accumulate"_a, "weights"_a, "eta"_a);
+  m.def(
+      "sumsq",
+      [](PackedList& grads, const at::Tensor& out, bool accumulate, const py::object& weights,
+         Eta eta) { xsam_cpu::sumsq(grads, out, accumulate, optional_list(weights), eta); },
+      "grads"_a, "out"_a, "accumulate"_a, "weights"_a, "eta"_a);
   m.def("final_sums", &xsam_cpu::final_sums, "points"_a, "backups"_a, "grads"_a, "out"_a,
         "accumulate"_a, "eta"_a);
   m.def("ascent_scalars", &xsam_cpu::ascent_scalars, "sc"_a, "first"_a, "check"_a);
@@ -53,9 +65,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "coeffs"_a, "eta"_a);
   m.def("write_grad_restore", &xsam_cpu::write_grad_restore, "params"_a, "points"_a,
         "backups"_a, "grads"_a, "coeffs"_a, "eta"_a);
-  m.def("sgd_update", &xsam_cpu::sgd_update, "params"_a, "points"_a, "backups"_a, "grads"_a,
-        "bufs"_a, "sc"_a, "hyper"_a, "weight_decay"_a, "momentum"_a, "nesterov"_a,
-        "maximize"_a, "init_bufs"_a, "eta"_a);
+  m.def(
+      "sgd_update",
+      [](PackedList& params, PackedList& points, PackedList& backups, PackedList& grads,
+         const py::object& bufs, const at::Tensor& sc, const at::Tensor& hyper,
+         bool weight_decay, bool momentum, bool nesterov, bool maximize, bool init_bufs,
+         Eta eta) {
+        xsam_cpu::sgd_update(params, points, backups, grads, optional_list(bufs), sc, hyper,
+                             weight_decay, momentum, nesterov, maximize, init_bufs, eta);
+      },
+      "params"_a, "points"_a, "backups"_a, "grads"_a, "bufs"_a, "sc"_a, "hyper"_a,
+      "weight_decay"_a, "momentum"_a, "nesterov"_a, "maximize"_a, "init_bufs"_a, "eta"_a);
   m.def("adam_update", &xsam_cpu::adam_update, "params"_a, "points"_a, "backups"_a, "grads"_a,
         "exp_avgs"_a, "exp_avg_sqs"_a, "steps"_a, "sc"_a, "hyper"_a, "weight_decay"_a,
         "decoupled"_a, "maximize"_a, "eta"_a);
