@@ -324,7 +324,7 @@ void sgd_loop(S* p, const S* x, const S* b, const S* g, S* buf, double cd_, doub
 template <typename S, bool ADAPTIVE>
 void sgd_variant(S* p, const S* x, const S* b, const S* g, S* buf, double cd, double cg,
                  const SgdArgs& a, double eta, int64_t n) {
-  if (a.momentum == 0.0)
+  if (!a.with_momentum)
     return sgd_loop<S, false, false, false, ADAPTIVE>(p, x, b, g, buf, cd, cg, a, eta, n);
   if (a.init_bufs) {
     if (a.nesterov)
@@ -400,7 +400,9 @@ void adam(void* p_, const void* x_, const void* b_, const void* g_, void* m_, vo
   const S* g = static_cast<const S*>(g_);
   S* m = static_cast<S*>(m_);
   S* v = static_cast<S*>(v_);
-  const bool small = 1.0 - a.beta1 < 0.5;
+  // torch's test of the lerp weight, on the weight in the math type
+  using T = typename Math<S>::T;
+  const bool small = std::abs(static_cast<T>(1.0 - a.beta1)) < T(0.5);
   if (geo.adaptive) {
     if (small) return adam_loop<S, true, true>(p, x, b, g, m, v, cd, cg, a, geo.eta, n);
     return adam_loop<S, false, true>(p, x, b, g, m, v, cd, cg, a, geo.eta, n);

@@ -15,9 +15,11 @@ struct Geometry {
   double eta;
 };
 
+// `with_momentum` picks the momentum loop (base.py's `momentum` switch), whatever the
+// value of `momentum`.
 struct SgdArgs {
   double lr, weight_decay, momentum, dampening;
-  bool nesterov, maximize, init_bufs;
+  bool with_momentum, nesterov, maximize, init_bufs;
 };
 
 struct AdamArgs {

@@ -1,346 +1,212 @@
-// Multi-tensor launcher: splits a bucket into work items of kItem elements
-// (small tensors share an item, big ones span several), runs the items in
-// parallel and, for reductions, adds the per-item partial sums in item order,
-// so results do not depend on the number of threads.
+// The phases: argument checks, then the chunk kernels of the current instruction set run
+// over the plan cached in the first list's layout (launch.h).
 #include "ops.h"
 
-#include <array>
-#include <atomic>
+#include <cstring>
 
-#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include "host_scalars.h"
+#include "isa.h"
 #include "kernel_table.h"
+#include "launch.h"
 
 namespace xsam_cpu {
 namespace {
 
-constexpr int64_t kItem = 1 << 15;  // elements per work item
-// Fewest work items a thread is given: a bucket of up to this many items (128K
-// elements) runs on the calling thread, where a parallel region would cost more than
-// it saves. Results do not depend on it (partial sums are per item).
-constexpr int64_t kGrain = 4;
+namespace xs = xsam_scalars;
 
-struct Segment {
-  int64_t tensor, start, len;
+// The lists of one call: each checked to line up with the first (free when packed like
+// it), and the address of a segment in any of them.
+class Call {
+ public:
+  Call(const char* op, const PackedList& first)
+      : layout(first.layout()),
+        kernels(first.size() ? &kernels_for(layout.dtype) : nullptr),
+        op_(op),
+        first_(first),
+        esize_(first.size() ? static_cast<int64_t>(c10::elementSize(layout.dtype)) : 0) {}
+
+  // The data addresses of `list` (argument `name`), checked against the first list.
+  char* const* operator()(PackedList& list, const char* name) const {
+    list.check_matches(first_, op_, name);
+    return list.data();
+  }
+
+  char* at(char* const* data, const Segment& s) const { return data[s.tensor] + s.start * esize_; }
+
+  // dst <- src (bytes), e.g. params <- backups where FOUND_INF is set
+  void copy(char* const* dst, char* const* src) const {
+    for_each_segment(layout, [&](const Segment& s) {
+      if (at(dst, s) != at(src, s)) std::memcpy(at(dst, s), at(src, s), s.len * esize_);
+    });
+  }
+
+  // dst <- 0 (all bits 0 is +0.0 in every supported dtype)
+  void zero(char* const* dst) const {
+    for_each_segment(layout, [&](const Segment& s) { std::memset(at(dst, s), 0, s.len * esize_); });
+  }
+
+  const Layout& layout;
+  const Kernels* kernels;  // null for an empty list (no segment to run)
+
+ private:
+  const char* op_;
+  const PackedList& first_;
+  int64_t esize_;
 };
-
-// Work items as ranges of segments: item i holds segments [first[i], first[i + 1]).
-struct Plan {
-  std::vector<Segment> segments;
-  std::vector<int64_t> first;
-  int64_t items() const { return static_cast<int64_t>(first.size()) - 1; }
-};
-
-Plan make_plan(const TensorList& ts) {
-  Plan plan;
-  plan.first.push_back(0);
-  int64_t room = kItem;
-  for (int64_t t = 0; t < static_cast<int64_t>(ts.size()); ++t) {
-    int64_t n = ts[t].numel(), start = 0;
-    while (start < n) {
-      int64_t len = std::min(room, n - start);
-      plan.segments.push_back({t, start, len});
-      start += len;
-      room -= len;
-      if (room == 0) {
-        plan.first.push_back(static_cast<int64_t>(plan.segments.size()));
-        room = kItem;
-      }
-    }
-  }
-  if (room != kItem) plan.first.push_back(static_cast<int64_t>(plan.segments.size()));
-  return plan;
-}
-
-DType dtype_of(at::ScalarType st) {
-  switch (st) {
-    case at::kFloat: return DType::Float;
-    case at::kDouble: return DType::Double;
-    case at::kBFloat16: return DType::BFloat16;
-    case at::kHalf: return DType::Half;
-    default: TORCH_CHECK(false, "xsam_fast cpu backend: unsupported dtype ", st);
-  }
-}
-
-// ------------------------------------------------------------------ instruction sets
-enum Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
-const char* const kIsaNames[] = {"generic", "avx2", "avx512"};
-
-bool cpu_has(Isa isa) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c");
-  switch (isa) {
-    case kGeneric: return true;
-    case kAvx2: return avx2;
-    case kAvx512:
-      return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  }
-  return false;
-#else
-  return isa == kGeneric;
-#endif
-}
-
-Isa best_isa() {
-  for (Isa isa : {kAvx512, kAvx2})
-    if (cpu_has(isa)) return isa;
-  return kGeneric;
-}
-
-std::atomic<int>& current_isa() {
-  static std::atomic<int> isa{best_isa()};
-  return isa;
-}
-
-const Kernels& kernels_for(at::ScalarType st) {
-  const DType dt = dtype_of(st);
-  switch (current_isa().load(std::memory_order_relaxed)) {
-    case kAvx512: return avx512::kernels(dt);
-    case kAvx2: return avx2::kernels(dt);
-    default: return generic::kernels(dt);
-  }
-}
-
-// ------------------------------------------------------------------ arguments
-// Checks that every list has the reference list's length, and each tensor its
-// element count, dtype, device (CPU) and contiguity.
-void check(const char* op, const TensorList& ref, std::initializer_list<const TensorList*> others) {
-  for (const TensorList* list : others)
-    TORCH_CHECK(list->size() == ref.size(), op, ": tensor lists differ in length");
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const at::Tensor& r = ref[i];
-    for (const TensorList* list : others) {
-      const at::Tensor& t = (*list)[i];
-      TORCH_CHECK(t.device().is_cpu(), op, ": tensors must be on the CPU");
-      TORCH_CHECK(t.scalar_type() == r.scalar_type(), op, ": tensors of one call must share a dtype");
-      TORCH_CHECK(t.numel() == r.numel(), op, ": tensor ", i, " differs in size across lists");
-      TORCH_CHECK(t.is_contiguous(), op, ": tensors must be contiguous");
-    }
-  }
-}
 
 Geometry geometry(Eta eta) { return eta ? Geometry{true, *eta} : Geometry{false, 0.0}; }
 
-template <typename T>
-T* at_offset(const at::Tensor& t, int64_t start) {
-  return reinterpret_cast<T*>(static_cast<char*>(t.data_ptr()) + start * t.element_size());
-}
-
-// Element i of a small CPU scalar tensor (0-d or 1-d, any stride), read on the host.
-double scalar_at(const at::Tensor& t, int64_t i) {
-  const int64_t stride = t.dim() == 0 ? 0 : t.stride(0);
-  switch (t.scalar_type()) {
-    case at::kFloat: return static_cast<double>(t.data_ptr<float>()[i * stride]);
-    case at::kDouble: return t.data_ptr<double>()[i * stride];
-    default: return t.reshape({-1})[i].item<double>();
-  }
-}
-
-double read_scale(const at::Tensor& scale) {
-  TORCH_CHECK(scale.device().is_cpu() && scale.numel() == 1 && scale.dim() <= 1,
-              "scale must be a CPU tensor of one value");
-  return scalar_at(scale, 0);
-}
-
-std::pair<double, double> read_coeffs(const at::Tensor& coeffs) {
-  TORCH_CHECK(coeffs.device().is_cpu() && coeffs.numel() == 2 && coeffs.dim() == 1,
-              "coeffs must be a 1-d CPU tensor of 2 values");
-  return {scalar_at(coeffs, 0), scalar_at(coeffs, 1)};
-}
-
-at::ScalarType acc_type(const TensorList& ts) {
-  return !ts.empty() && ts[0].scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// ------------------------------------------------------------------ execution
-// Runs fn(segment) for every segment, items in parallel.
-template <typename Fn>
-void for_each_segment(const Plan& plan, Fn fn) {
-  at::parallel_for(0, plan.items(), kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i)
-      for (int64_t s = plan.first[i]; s < plan.first[i + 1]; ++s) fn(plan.segments[s]);
-  });
-}
-
-// Per-item partial sums of K values, added in item order.
-template <int K, typename Fn>
-std::array<double, K> reduce(const Plan& plan, Fn fn) {
-  std::vector<double> partial(static_cast<size_t>(plan.items()) * K, 0.0);
-  at::parallel_for(0, plan.items(), kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      for (int64_t s = plan.first[i]; s < plan.first[i + 1]; ++s) {
-        double out[K];
-        fn(plan.segments[s], out);
-        for (int k = 0; k < K; ++k) partial[i * K + k] += out[k];
-      }
-    }
-  });
-  std::array<double, K> total{};
-  for (int64_t i = 0; i < plan.items(); ++i)
-    for (int k = 0; k < K; ++k) total[k] += partial[i * K + k];
-  return total;
-}
-
-template <size_t K>
-at::Tensor sums_tensor(const std::array<double, K>& total, at::ScalarType acc, bool scalar) {
-  at::Tensor out = scalar ? at::empty({}, at::TensorOptions().dtype(acc))
-                          : at::empty({static_cast<int64_t>(K)}, at::TensorOptions().dtype(acc));
-  for (size_t k = 0; k < K; ++k) {
-    if (acc == at::kDouble) out.data_ptr<double>()[k] = total[k];
-    else out.data_ptr<float>()[k] = static_cast<float>(total[k]);
-  }
-  return out;
-}
+bool found_inf(const double* sc) { return sc[xs::kFoundInf] != 0.0; }
 
 }  // namespace
 
-std::string isa() { return kIsaNames[current_isa().load()]; }
-
-std::vector<std::string> supported_isas() {
-  std::vector<std::string> names;
-  for (Isa isa : {kAvx512, kAvx2, kGeneric})
-    if (cpu_has(isa)) names.push_back(kIsaNames[isa]);
-  return names;
-}
-
-std::string set_isa(const std::string& name) {
-  Isa isa = best_isa();
-  if (name != "auto") {
-    bool found = false;
-    for (Isa i : {kGeneric, kAvx2, kAvx512}) {
-      if (name == kIsaNames[i]) {
-        isa = i;
-        found = true;
-      }
-    }
-    TORCH_CHECK_VALUE(found, "unknown instruction set ", name,
-                      "; use auto, avx512, avx2 or generic");
-    TORCH_CHECK_VALUE(cpu_has(isa), "this CPU cannot run the ", name, " kernels");
-  }
-  current_isa().store(isa);
-  return kIsaNames[isa];
-}
-
-// ------------------------------------------------------------------ phases
-at::Tensor sumsq(const TensorList& grads, const std::optional<TensorList>& weights, Eta eta) {
-  check("sumsq", grads, {&grads});
+// ------------------------------------------------------------------ reductions
+void sumsq(PackedList& grads, const at::Tensor& out, bool accumulate, PackedList* weights,
+           Eta eta) {
+  const SumsOut dst(out, 1, "sumsq");
   TORCH_CHECK_VALUE(!eta || weights, "sumsq with eta needs the weights (theta_0) that T is made of");
-  if (eta) check("sumsq", grads, {&*weights});
-  if (grads.empty()) return at::zeros({}, at::kFloat);
-  const Kernels& k = kernels_for(grads[0].scalar_type());
+  const Call call("sumsq", grads);
+  char* const* g = call(grads, "grads");
+  char* const* w = eta ? call(*weights, "weights") : nullptr;
   const Geometry geo = geometry(eta);
-  auto total = reduce<1>(make_plan(grads), [&](const Segment& s, double* out) {
-    const void* w = eta ? at_offset<const void>((*weights)[s.tensor], s.start) : nullptr;
-    k.sumsq(at_offset<const void>(grads[s.tensor], s.start), w, geo, s.len, out);
+  const auto total = reduce<1>(call.layout, [&](const Segment& s, double* o) {
+    call.kernels->sumsq(call.at(g, s), w ? call.at(w, s) : nullptr, geo, s.len, o);
   });
-  return sums_tensor(total, acc_type(grads), /*scalar=*/true);
+  dst.put(0, total[0], accumulate);
 }
 
-void backup_ascent(const TensorList& params, const TensorList& grads, const TensorList& backups,
-                   const at::Tensor& scale, bool backup, Eta eta) {
-  check("backup_ascent", params, {&params, &grads, &backups});
-  if (params.empty()) return;
-  const Kernels& k = kernels_for(params[0].scalar_type());
-  const double sc = read_scale(scale);
+void final_sums(PackedList& points, PackedList& backups, PackedList& grads,
+                const at::Tensor& out, bool accumulate, Eta eta) {
+  const SumsOut dst(out, 3, "final_sums");
+  const Call call("final_sums", points);
+  char* const* x = call(points, "points");
+  char* const* b = call(backups, "backups");
+  char* const* g = call(grads, "grads");
   const Geometry geo = geometry(eta);
-  for_each_segment(make_plan(params), [&](const Segment& s) {
-    k.backup_ascent(at_offset<void>(params[s.tensor], s.start),
-                    at_offset<const void>(grads[s.tensor], s.start),
-                    at_offset<void>(backups[s.tensor], s.start), sc, backup, geo, s.len);
+  const auto total = reduce<3>(call.layout, [&](const Segment& s, double* o) {
+    call.kernels->final_sums(call.at(x, s), call.at(b, s), call.at(g, s), geo, s.len, o);
   });
+  for (int k = 0; k < 3; ++k) dst.put(k, total[k], accumulate);
 }
 
-at::Tensor final_sums(const TensorList& points, const TensorList& backups,
-                      const TensorList& grads, Eta eta) {
-  check("final_sums", points, {&points, &backups, &grads});
-  if (points.empty()) return at::zeros({3}, at::kFloat);
-  const Kernels& k = kernels_for(points[0].scalar_type());
-  const Geometry geo = geometry(eta);
-  auto total = reduce<3>(make_plan(points), [&](const Segment& s, double* out) {
-    k.final_sums(at_offset<const void>(points[s.tensor], s.start),
-                 at_offset<const void>(backups[s.tensor], s.start),
-                 at_offset<const void>(grads[s.tensor], s.start), geo, s.len, out);
-  });
-  return sums_tensor(total, acc_type(points), /*scalar=*/false);
+// ------------------------------------------------------------------ scalars
+void ascent_scalars(const at::Tensor& sc, bool first, bool check) {
+  xs::ascent_scalars(scalars_of(sc), first, check);
 }
 
-void write_point(const TensorList& out, const TensorList& points, const TensorList& backups,
-                 const TensorList& grads, const at::Tensor& coeffs, Eta eta) {
-  check("write_point", out, {&out, &points, &backups, &grads});
-  if (out.empty()) return;
-  const Kernels& k = kernels_for(out[0].scalar_type());
-  auto [cd, cg] = read_coeffs(coeffs);
-  const Geometry geo = geometry(eta);
-  for_each_segment(make_plan(out), [&](const Segment& s) {
-    k.write_point(at_offset<void>(out[s.tensor], s.start),
-                  at_offset<const void>(points[s.tensor], s.start),
-                  at_offset<const void>(backups[s.tensor], s.start),
-                  at_offset<const void>(grads[s.tensor], s.start), cd, cg, geo, s.len);
-  });
-}
+void update_scalars(const at::Tensor& sc, bool check) { xs::update_scalars(scalars_of(sc), check); }
 
-void write_grad_restore(const TensorList& params, const TensorList& points,
-                        const TensorList& backups, const TensorList& grads,
-                        const at::Tensor& coeffs, Eta eta) {
-  check("write_grad_restore", params, {&params, &points, &backups, &grads});
-  if (params.empty()) return;
-  const Kernels& k = kernels_for(params[0].scalar_type());
-  auto [cd, cg] = read_coeffs(coeffs);
-  const Geometry geo = geometry(eta);
-  for_each_segment(make_plan(params), [&](const Segment& s) {
-    k.write_grad_restore(at_offset<void>(params[s.tensor], s.start),
-                         at_offset<const void>(points[s.tensor], s.start),
-                         at_offset<const void>(backups[s.tensor], s.start),
-                         at_offset<void>(grads[s.tensor], s.start), cd, cg, geo, s.len);
-  });
-}
+void plain_scalars(const at::Tensor& sc, bool check) { xs::plain_scalars(scalars_of(sc), check); }
 
-void sgd_update(const TensorList& params, const TensorList& points, const TensorList& backups,
-                const TensorList& grads, const TensorList& bufs, const at::Tensor& coeffs,
-                double lr, double weight_decay, double momentum, double dampening, bool nesterov,
-                bool maximize, bool init_bufs, Eta eta) {
-  if (momentum != 0.0) {
-    check("sgd_update", params, {&params, &points, &backups, &grads, &bufs});
-  } else {
-    check("sgd_update", params, {&params, &points, &backups, &grads});
+// ------------------------------------------------------------------ elementwise
+void backup_ascent(PackedList& params, PackedList& grads, PackedList& backups,
+                   const at::Tensor& sc, const at::Tensor& hyper, bool backup, Eta eta) {
+  const double* s = scalars_of(sc);
+  const double* h = hyper_of(hyper);
+  const Call call("backup_ascent", params);
+  char* const* p = call(params, "params");
+  char* const* g = call(grads, "grads");
+  char* const* b = call(backups, "backups");
+  if (found_inf(s)) {  // the ascent moves nothing; the backups are still taken
+    if (backup) call.copy(b, p);
+    return;
   }
-  if (params.empty()) return;
-  const Kernels& k = kernels_for(params[0].scalar_type());
-  auto [cd, cg] = read_coeffs(coeffs);
-  const SgdArgs args{lr, weight_decay, momentum, dampening, nesterov, maximize, init_bufs};
+  const double scale = xs::ascent_scale(s, h[xs::kRadius]);
   const Geometry geo = geometry(eta);
-  for_each_segment(make_plan(params), [&](const Segment& s) {
-    void* buf = momentum != 0.0 ? at_offset<void>(bufs[s.tensor], s.start) : nullptr;
-    k.sgd(at_offset<void>(params[s.tensor], s.start),
-          at_offset<const void>(points[s.tensor], s.start),
-          at_offset<const void>(backups[s.tensor], s.start),
-          at_offset<const void>(grads[s.tensor], s.start), buf, cd, cg, args, geo, s.len);
+  for_each_segment(call.layout, [&](const Segment& seg) {
+    call.kernels->backup_ascent(call.at(p, seg), call.at(g, seg), call.at(b, seg), scale, backup,
+                                geo, seg.len);
   });
 }
 
-void adam_update(const TensorList& params, const TensorList& points, const TensorList& backups,
-                 const TensorList& grads, const TensorList& exp_avgs,
-                 const TensorList& exp_avg_sqs, const at::Tensor& coeffs, double lr,
-                 double beta1, double beta2, double eps, double weight_decay, bool decoupled,
-                 bool maximize, double step_size, double bias_correction2_sqrt, Eta eta) {
-  check("adam_update", params, {&params, &points, &backups, &grads, &exp_avgs, &exp_avg_sqs});
-  if (params.empty()) return;
-  const Kernels& k = kernels_for(params[0].scalar_type());
-  auto [cd, cg] = read_coeffs(coeffs);
-  const AdamArgs args{lr, beta1, beta2, eps, weight_decay, step_size, bias_correction2_sqrt,
-                      decoupled, maximize};
+void write_point(PackedList& out, PackedList& points, PackedList& backups, PackedList& grads,
+                 const at::Tensor& coeffs, Eta eta) {
+  const auto [cd, cg] = pair_of(coeffs, "write_point");
+  const Call call("write_point", out);
+  char* const* o = call(out, "out");
+  char* const* x = call(points, "points");
+  char* const* b = call(backups, "backups");
+  char* const* g = call(grads, "grads");
   const Geometry geo = geometry(eta);
-  for_each_segment(make_plan(params), [&](const Segment& s) {
-    k.adam(at_offset<void>(params[s.tensor], s.start),
-           at_offset<const void>(points[s.tensor], s.start),
-           at_offset<const void>(backups[s.tensor], s.start),
-           at_offset<const void>(grads[s.tensor], s.start),
-           at_offset<void>(exp_avgs[s.tensor], s.start),
-           at_offset<void>(exp_avg_sqs[s.tensor], s.start), cd, cg, args, geo, s.len);
+  for_each_segment(call.layout, [&](const Segment& s) {
+    call.kernels->write_point(call.at(o, s), call.at(x, s), call.at(b, s), call.at(g, s), cd, cg,
+                              geo, s.len);
+  });
+}
+
+void write_grad_restore(PackedList& params, PackedList& points, PackedList& backups,
+                        PackedList& grads, const at::Tensor& coeffs, Eta eta) {
+  const auto [cd, cg] = pair_of(coeffs, "write_grad_restore");
+  const Call call("write_grad_restore", params);
+  char* const* p = call(params, "params");
+  char* const* x = call(points, "points");
+  char* const* b = call(backups, "backups");
+  char* const* g = call(grads, "grads");
+  const Geometry geo = geometry(eta);
+  for_each_segment(call.layout, [&](const Segment& s) {
+    call.kernels->write_grad_restore(call.at(p, s), call.at(x, s), call.at(b, s), call.at(g, s),
+                                     cd, cg, geo, s.len);
+  });
+}
+
+void sgd_update(PackedList& params, PackedList& points, PackedList& backups, PackedList& grads,
+                PackedList* bufs, const at::Tensor& sc, const at::Tensor& hyper,
+                bool weight_decay, bool momentum, bool nesterov, bool maximize, bool init_bufs,
+                Eta eta) {
+  const double* s = scalars_of(sc);
+  const double* h = hyper_of(hyper);
+  TORCH_CHECK_VALUE(!momentum || bufs, "sgd_update: momentum=True needs the momentum bufs");
+  const Call call("sgd_update", params);
+  char* const* p = call(params, "params");
+  char* const* x = call(points, "points");
+  char* const* b = call(backups, "backups");
+  char* const* g = call(grads, "grads");
+  char* const* m = momentum ? call(*bufs, "bufs") : nullptr;
+  if (found_inf(s)) {  // theta_0 back; the state as it was, fresh buffers 0
+    call.copy(p, b);
+    if (m && init_bufs) call.zero(m);
+    return;
+  }
+  const SgdArgs args{h[xs::kLr], weight_decay ? h[xs::kWeightDecay] : 0.0, h[xs::kMomentum],
+                     h[xs::kDampening], momentum, nesterov, maximize, init_bufs};
+  const double cd = s[xs::kCD], cg = s[xs::kCG];
+  const Geometry geo = geometry(eta);
+  for_each_segment(call.layout, [&](const Segment& seg) {
+    call.kernels->sgd(call.at(p, seg), call.at(x, seg), call.at(b, seg), call.at(g, seg),
+                      m ? call.at(m, seg) : nullptr, cd, cg, args, geo, seg.len);
+  });
+}
+
+void adam_update(PackedList& params, PackedList& points, PackedList& backups, PackedList& grads,
+                 PackedList& exp_avgs, PackedList& exp_avg_sqs, const at::Tensor& steps,
+                 const at::Tensor& sc, const at::Tensor& hyper, bool weight_decay,
+                 bool decoupled, bool maximize, Eta eta) {
+  const double* s = scalars_of(sc);
+  const double* h = hyper_of(hyper);
+  const Call call("adam_update", params);
+  const auto per_tensor = adam_steps(steps, call.layout.tensors(), h);
+  char* const* p = call(params, "params");
+  char* const* x = call(points, "points");
+  char* const* b = call(backups, "backups");
+  char* const* g = call(grads, "grads");
+  char* const* m = call(exp_avgs, "exp_avgs");
+  char* const* v = call(exp_avg_sqs, "exp_avg_sqs");
+  if (found_inf(s)) {  // theta_0 back; the moments as they were
+    call.copy(p, b);
+    return;
+  }
+  const AdamArgs args{h[xs::kLr], h[xs::kBeta1], h[xs::kBeta2], h[xs::kAdamEps],
+                      weight_decay ? h[xs::kWeightDecay] : 0.0, 0.0, 0.0, decoupled, maximize};
+  const double cd = s[xs::kCD], cg = s[xs::kCG];
+  const Geometry geo = geometry(eta);
+  for_each_segment(call.layout, [&](const Segment& seg) {
+    AdamArgs a = args;
+    a.step_size = per_tensor[seg.tensor].step_size;
+    a.bias_correction2_sqrt = per_tensor[seg.tensor].bias_correction2_sqrt;
+    call.kernels->adam(call.at(p, seg), call.at(x, seg), call.at(b, seg), call.at(g, seg),
+                       call.at(m, seg), call.at(v, seg), cd, cg, a, geo, seg.len);
   });
 }
 

@@ -1,44 +1,42 @@
-// The fused XSAM phases on lists of CPU tensors: one call per phase for a whole
-// bucket (same dtype), multi-threaded over fixed-size work items. Semantics,
-// argument names and the ASAM `eta` are those of xsam_fast/backends/base.py.
+// The XSAM phases of xsam_fast/backends/base.py on packed lists of CPU tensors: one call
+// per phase for a whole bucket, multi-threaded over the work items planned at packing.
+// Argument names, semantics and the ASAM `eta` are those of base.py; `sc` and `hyper` are
+// float64 CPU tensors, read (and, by the *_scalars calls and the reductions' `out` views,
+// written) on the host.
 #pragma once
 
 #include <optional>
-#include <string>
-#include <vector>
 
 #include <ATen/ATen.h>
 
+#include "packed_list.h"
+
 namespace xsam_cpu {
 
-using TensorList = std::vector<at::Tensor>;
 using Eta = std::optional<double>;
 
-at::Tensor sumsq(const TensorList& grads, const std::optional<TensorList>& weights, Eta eta);
-void backup_ascent(const TensorList& params, const TensorList& grads, const TensorList& backups,
-                   const at::Tensor& scale, bool backup, Eta eta);
-at::Tensor final_sums(const TensorList& points, const TensorList& backups,
-                      const TensorList& grads, Eta eta);
-void write_point(const TensorList& out, const TensorList& points, const TensorList& backups,
-                 const TensorList& grads, const at::Tensor& coeffs, Eta eta);
-void write_grad_restore(const TensorList& params, const TensorList& points,
-                        const TensorList& backups, const TensorList& grads,
-                        const at::Tensor& coeffs, Eta eta);
-void sgd_update(const TensorList& params, const TensorList& points, const TensorList& backups,
-                const TensorList& grads, const TensorList& bufs, const at::Tensor& coeffs,
-                double lr, double weight_decay, double momentum, double dampening, bool nesterov,
-                bool maximize, bool init_bufs, Eta eta);
-void adam_update(const TensorList& params, const TensorList& points, const TensorList& backups,
-                 const TensorList& grads, const TensorList& exp_avgs,
-                 const TensorList& exp_avg_sqs, const at::Tensor& coeffs, double lr,
-                 double beta1, double beta2, double eps, double weight_decay, bool decoupled,
-                 bool maximize, double step_size, double bias_correction2_sqrt, Eta eta);
+void sumsq(PackedList& grads, const at::Tensor& out, bool accumulate, PackedList* weights,
+           Eta eta);
+void final_sums(PackedList& points, PackedList& backups, PackedList& grads,
+                const at::Tensor& out, bool accumulate, Eta eta);
 
-// Instruction set the kernels run with: "avx512", "avx2" or "generic".
-std::string isa();
-// Instruction sets this CPU can run, best first.
-std::vector<std::string> supported_isas();
-// Forces an instruction set ("auto": the best this CPU has); returns the one in use.
-std::string set_isa(const std::string& name);
+void ascent_scalars(const at::Tensor& sc, bool first, bool check);
+void update_scalars(const at::Tensor& sc, bool check);
+void plain_scalars(const at::Tensor& sc, bool check);
+
+void backup_ascent(PackedList& params, PackedList& grads, PackedList& backups,
+                   const at::Tensor& sc, const at::Tensor& hyper, bool backup, Eta eta);
+void write_point(PackedList& out, PackedList& points, PackedList& backups, PackedList& grads,
+                 const at::Tensor& coeffs, Eta eta);
+void write_grad_restore(PackedList& params, PackedList& points, PackedList& backups,
+                        PackedList& grads, const at::Tensor& coeffs, Eta eta);
+void sgd_update(PackedList& params, PackedList& points, PackedList& backups, PackedList& grads,
+                PackedList* bufs, const at::Tensor& sc, const at::Tensor& hyper,
+                bool weight_decay, bool momentum, bool nesterov, bool maximize, bool init_bufs,
+                Eta eta);
+void adam_update(PackedList& params, PackedList& points, PackedList& backups, PackedList& grads,
+                 PackedList& exp_avgs, PackedList& exp_avg_sqs, const at::Tensor& steps,
+                 const at::Tensor& sc, const at::Tensor& hyper, bool weight_decay,
+                 bool decoupled, bool maximize, Eta eta);
 
 }  // namespace xsam_cpu

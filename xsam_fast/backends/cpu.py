@@ -1,18 +1,23 @@
 """The fused multi-tensor CPU backend: the C++ extension ``xsam_fast._C``.
 
-Each phase is one call for the whole bucket; inside, the extension splits the
-tensors into fixed work items, runs them on ATen's thread pool with kernels
-vectorised for AVX-512 or AVX2 (picked at run time from the CPU's features,
-generic x86-64 code otherwise) and adds reduction partials in a fixed order,
-so sums do not depend on the number of threads. This module only passes the
-arguments through. Source: ``csrc/cpu/``.
+:meth:`CpuBackend.pack` hands the tensors to C++ once: a ``_C.PackedList`` checks them
+(CPU, one dtype, dense and non-overlapping; with ``like``, the same shapes and strides)
+and plans the work items, fixed-size ranges of elements in memory order. Each phase is
+then one call for the whole bucket: the extension runs the items on ATen's thread pool
+with kernels vectorised for AVX-512 or AVX2 (picked at run time from the CPU's features,
+generic x86-64 code otherwise) and adds reduction partials in a fixed order, so sums do
+not depend on the number of threads. The device scalars ``sc`` and ``hyper`` are CPU
+memory here, read and written by the host in float64. This module passes the packed
+lists and a few scalars through; no phase call does Python work per tensor. Source: ``csrc/cpu/``.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from .base import Backend, Tensors
+from .base import Backend, TensorList
 
 try:
     from .. import _C  # type: ignore[attr-defined]
@@ -23,6 +28,16 @@ except Exception as exc:  # not built (no compiler, build isolation) or built fo
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+class CpuTensorList(TensorList):
+    """A packed list of the cpu backend: the tensors and their ``_C.PackedList``."""
+
+    __slots__ = ("packed",)
+
+    def __init__(self, tensors: Sequence[Tensor], packed) -> None:
+        super().__init__(tensors)
+        self.packed = packed
 
 
 class CpuBackend(Backend):
@@ -54,34 +69,51 @@ class CpuBackend(Backend):
     def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
         return torch.device(device).type == "cpu" and dtype in _DTYPES
 
-    def sumsq(self, tensors: Tensors, *, weights=None, eta=None) -> Tensor:
-        return _C.sumsq(list(tensors), weights=None if weights is None else list(weights),
-                        eta=eta)
+    # ------------------------------------------------------------------ lists
+    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None) -> CpuTensorList:
+        """Raises :class:`~xsam_fast.backends.base.LayoutError` for tensors this backend
+        cannot step together (see the module docstring)."""
+        if like is not None and not isinstance(like, CpuTensorList):
+            like = self.pack(like.tensors)  # packed by another backend: checked here too
+        tensors = tuple(tensors)
+        return CpuTensorList(tensors, _C.PackedList(tensors, None if like is None else like.packed))
 
-    def backup_ascent(self, params, grads, backups, scale, backup, *, eta=None):
-        _C.backup_ascent(list(params), list(grads), list(backups), scale, backup, eta=eta)
+    # ------------------------------------------------------------------ reductions
+    def sumsq(self, grads, out, *, accumulate, weights=None, eta=None):
+        _C.sumsq(grads.packed, out, accumulate, None if weights is None else weights.packed, eta)
 
-    def final_sums(self, points, backups, grads, *, eta=None):
-        return _C.final_sums(list(points), list(backups), list(grads), eta=eta)
+    def final_sums(self, points, backups, grads, out, *, accumulate, eta=None):
+        _C.final_sums(points.packed, backups.packed, grads.packed, out, accumulate, eta)
+
+    # ------------------------------------------------------------------ scalars
+    def ascent_scalars(self, sc, *, first, check):
+        _C.ascent_scalars(sc, first, check)
+
+    def update_scalars(self, sc, *, check):
+        _C.update_scalars(sc, check)
+
+    def plain_scalars(self, sc, *, check):
+        _C.plain_scalars(sc, check)
+
+    # ------------------------------------------------------------------ elementwise
+    def backup_ascent(self, params, grads, backups, sc, hyper, *, backup, eta=None):
+        _C.backup_ascent(params.packed, grads.packed, backups.packed, sc, hyper, backup, eta)
 
     def write_point(self, out, points, backups, grads, coeffs, *, eta=None):
-        _C.write_point(list(out), list(points), list(backups), list(grads), coeffs, eta=eta)
+        _C.write_point(out.packed, points.packed, backups.packed, grads.packed, coeffs, eta)
 
     def write_grad_restore(self, params, points, backups, grads, coeffs, *, eta=None):
-        _C.write_grad_restore(list(params), list(points), list(backups), list(grads), coeffs,
-                              eta=eta)
+        _C.write_grad_restore(params.packed, points.packed, backups.packed, grads.packed, coeffs,
+                              eta)
 
-    def sgd_update(self, params, points, backups, grads, bufs, coeffs, *, lr, weight_decay,
-                   momentum, dampening, nesterov, maximize, init_bufs, eta=None):
-        _C.sgd_update(list(params), list(points), list(backups), list(grads), list(bufs), coeffs,
-                      lr=lr, weight_decay=weight_decay, momentum=momentum, dampening=dampening,
-                      nesterov=nesterov, maximize=maximize, init_bufs=init_bufs, eta=eta)
+    def sgd_update(self, params, points, backups, grads, bufs, sc, hyper, *, weight_decay,
+                   momentum, nesterov, maximize, init_bufs, eta=None):
+        _C.sgd_update(params.packed, points.packed, backups.packed, grads.packed,
+                      None if bufs is None else bufs.packed, sc, hyper, weight_decay, momentum,
+                      nesterov, maximize, init_bufs, eta)
 
-    def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, coeffs, *, lr,
-                    beta1, beta2, eps, weight_decay, decoupled, maximize, step_size,
-                    bias_correction2_sqrt, eta=None):
-        _C.adam_update(list(params), list(points), list(backups), list(grads), list(exp_avgs),
-                       list(exp_avg_sqs), coeffs, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                       weight_decay=weight_decay, decoupled=decoupled, maximize=maximize,
-                       step_size=step_size, bias_correction2_sqrt=bias_correction2_sqrt,
-                       eta=eta)
+    def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, steps, sc,
+                    hyper, *, weight_decay, decoupled, maximize, eta=None):
+        _C.adam_update(params.packed, points.packed, backups.packed, grads.packed,
+                       exp_avgs.packed, exp_avg_sqs.packed, steps, sc, hyper, weight_decay,
+                       decoupled, maximize, eta)
