@@ -70,9 +70,11 @@ class CpuBackend(Backend):
         return torch.device(device).type == "cpu" and dtype in _DTYPES
 
     # ------------------------------------------------------------------ lists
-    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None) -> CpuTensorList:
+    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None, *,
+             grads: bool = False) -> CpuTensorList:
         """Raises :class:`~xsam_fast.backends.base.LayoutError` for tensors this backend
-        cannot step together (see the module docstring)."""
+        cannot step together (see the module docstring). The checks are made in C++ at a
+        few nanoseconds per tensor, so ``grads`` changes nothing."""
         if like is not None and not isinstance(like, CpuTensorList):
             like = self.pack(like.tensors)  # packed by another backend: checked here too
         tensors = tuple(tensors)
