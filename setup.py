@@ -58,7 +58,8 @@ def _extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         ext_modules.append(CUDAExtension(
             "xsam_fast._C_cuda", cuda_sources,
-            extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "-lineinfo"]}))
+            extra_compile_args={"cxx": ["-O3", "-g0"],
+                                "nvcc": ["-O3", "-lineinfo", "-fmad=false"]}))
 
     class OptionalBuildExtension(BuildExtension):
         """Builds each extension if it can; a failure is reported, not fatal.
