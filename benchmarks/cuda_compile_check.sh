@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile check of csrc/cuda for both default targets (sm_80 and sm_90), by hand, with
 # setup.py's flags (-O3 -fmad=false, no fast math). Reports per source and target the
-# kernels, those that spill registers (fails if any) and those with a stack frame.
+# kernels, those that spill registers (fails if any), those with a stack frame, and the
+# largest register count.
 # CI runs the single-target version: tests/test_cuda_compile.py (sm_90 only).
 # Objects only: linking needs a CUDA build of torch (setup.py does it there).
 # Usage: benchmarks/cuda_compile_check.sh [arch ...]   (default: sm_80 sm_90)
@@ -29,11 +30,15 @@ for arch in "${ARCHS[@]}"; do
     kernels=$(grep -c "Compiling entry" "$OUT/ptxas.log" || true)
     spills=$(grep "bytes spill stores" "$OUT/ptxas.log" \
              | grep -vc " 0 bytes spill stores, 0 bytes spill loads" || true)
-    stack=$(grep "bytes stack frame" "$OUT/ptxas.log" | grep -vc "^ *0 bytes stack frame" || true)
-    printf '%-28s %-6s %3d kernels, %d with spills, %d functions with a stack frame, %.1f s\n' \
-      "$src" "$arch" "$kernels" "$spills" "$stack" "$(echo "$(date +%s.%N) - $start" | bc)"
-    grep -B1 "bytes stack frame" "$OUT/ptxas.log" | grep -B1 -v "^ *0 bytes stack frame" \
-      | sed -n 's/.*Function properties for \(.*\)/    stack frame: \1/p' | c++filt
+    stack=$(awk '/bytes stack frame/ && $1 != 0' "$OUT/ptxas.log" | wc -l)
+    regs=$(grep -o "Used [0-9]* registers" "$OUT/ptxas.log" | awk '{print $2}' | sort -n \
+           | tail -1)
+    printf '%-28s %-6s %3d kernels, %d with spills, %d functions with a stack frame, ' \
+      "$src" "$arch" "$kernels" "$spills" "$stack"
+    printf 'at most %s registers, %.1f s\n' "${regs:-0}" "$(echo "$(date +%s.%N) - $start" | bc)"
+    awk '/Function properties for/ { name = $NF }
+         /bytes stack frame/ && $1 != 0 { print "    " $1 " B stack frame: " name }' \
+      "$OUT/ptxas.log" | c++filt
     [ "$spills" -eq 0 ] || { grep -B1 "bytes spill" "$OUT/ptxas.log" >&2; exit 1; }
   done
 done

@@ -1,4 +1,4 @@
-"""The CUDA backend run on the CPU: ``csrc/cuda/emulation/host_emulation.cu`` behind the v2 contract.
+"""The CUDA backend on the CPU: ``csrc/cuda/emulation/host_emulation.cu`` behind the v2 contract.
 
 The library is compiled by nvcc as host code, once per test session, and loaded with
 ctypes. It holds the extension's own layout check and work planner, phase dispatch,

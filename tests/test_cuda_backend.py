@@ -124,6 +124,25 @@ def _every_phase(target: Target, case: dict, sc: torch.Tensor) -> dict[str, int]
     }
 
 
+# ------------------------------------------------------------------ constants
+def test_constants_agree_with_the_contract(target):
+    """sc and hyper indices of csrc/common/step_scalars.h are base.py's; CHUNK is this file's."""
+    if target.device == "cuda":
+        from xsam_fast import _C_cuda
+
+        cpp = {"CHUNK": _C_cuda.CHUNK, "NSCALARS": _C_cuda.NSCALARS, "NHYPER": _C_cuda.NHYPER}
+    else:
+        cpp = cuda_emulation.constants()
+    assert cpp.pop("CHUNK") == CHUNK
+    cpp.pop("THREADS", None)
+    wrong = {name: (value, getattr(B, name)) for name, value in cpp.items()
+             if getattr(B, name) != value}
+    assert not wrong, f"C++ value vs base.py: {wrong}"
+    if target.device == "cpu":  # the emulation lists every index: none missing in C++
+        indices = {n for n in dir(B) if n.isupper() and isinstance(getattr(B, n), int)}
+        assert set(cpp) == indices
+
+
 # ------------------------------------------------------------------ launches
 @pytest.mark.parametrize("ntensors", [3, 62, 300], ids=lambda n: f"{n}-tensors")
 def test_one_launch_per_phase_whatever_the_tensor_count(target, ntensors):

@@ -4,7 +4,8 @@
 // emulation (emulation/host_emulation.cu, whose runner walks the same grid on the CPU).
 //
 // A Runner provides
-//   template <typename T, int DEPTH, typename Op> void elementwise(const Tables<DEPTH>&, const Op&);
+//   template <typename T, int DEPTH, typename Op>
+//   void elementwise(const Tables<DEPTH>&, const Op&);
 //   template <typename T, int DEPTH, typename Op>
 //   void reduce(const Tables<DEPTH>&, const Op&, double* out, bool accumulate);
 // Pointers (lists' tables, sc, hyper, steps, coeffs, out) are in the memory the runner's
@@ -113,7 +114,8 @@ void backup_ascent(Runner& run, const ListView& params, const ListView& grads,
     using T = typename std::decay_t<decltype(tag)>::type;
     with_eta("backup_ascent", eta, [&](auto adaptive, double e) {
       with_flag(backup, [&](auto backup_flag) {
-        constexpr bool AD = std::decay_t<decltype(adaptive)>::value, BACKUP = std::decay_t<decltype(backup_flag)>::value;
+        constexpr bool AD = std::decay_t<decltype(adaptive)>::value;
+        constexpr bool BACKUP = std::decay_t<decltype(backup_flag)>::value;
         AscentOp<T, BACKUP, AD> op{};
         op.sc = sc;
         op.hyper = hyper;

@@ -258,8 +258,9 @@ struct AdamOp {
     decay = static_cast<A>(1.0 - lr * weight_decay_d);
   }
   __host__ __device__ void begin_item(int32_t tensor) {
-    const double step = steps_double ? static_cast<const double*>(steps)[tensor]
-                                     : static_cast<double>(static_cast<const float*>(steps)[tensor]);
+    const double step = steps_double
+                            ? static_cast<const double*>(steps)[tensor]
+                            : static_cast<double>(static_cast<const float*>(steps)[tensor]);
     const xs::AdamStep s =
         xs::adam_step(hyper[xs::kLr], hyper[xs::kBeta1], hyper[xs::kBeta2], step);
     step_size = static_cast<A>(s.step_size);

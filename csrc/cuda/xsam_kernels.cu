@@ -138,8 +138,8 @@ const at::Tensor& check_f64(const char* phase, const char* what, const at::Tenso
 double* ptr_f64(const at::Tensor& t) { return t.data_ptr<double>(); }
 
 CudaRunner runner(int device) {
-  return CudaRunner{device,
-                    c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream()};
+  const auto index = static_cast<c10::DeviceIndex>(device);
+  return CudaRunner{device, c10::cuda::getCurrentCUDAStream(index).stream()};
 }
 
 // The interpolation coefficients as float64 on `device` (a float tensor of 2 elements;

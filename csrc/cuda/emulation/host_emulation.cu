@@ -325,7 +325,8 @@ const char* xsam_emu_constants() {
         {"H_DAMPENING", xs::kDampening}, {"H_BETA1", xs::kBeta1},   {"H_BETA2", xs::kBeta2},
         {"H_ADAM_EPS", xs::kAdamEps}};
     std::string out;
-    for (const auto& [name, value] : named) out += std::string(name) + "=" + std::to_string(value) + " ";
+    for (const auto& [name, value] : named)
+      out += std::string(name) + "=" + std::to_string(value) + " ";
     return out;
   }();
   return text.c_str();
