@@ -23,12 +23,17 @@ struct LayoutError : std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
-// Throws LayoutError with the message made of `parts`.
-template <typename... X>
-[[noreturn]] void layout_fail(const X&... parts) {
+// Throws an E whose message is made of `parts`.
+template <typename E, typename... X>
+[[noreturn]] void throw_with(const X&... parts) {
   std::ostringstream msg;
   (msg << ... << parts);
-  throw LayoutError(msg.str());
+  throw E(msg.str());
+}
+
+template <typename... X>
+[[noreturn]] void layout_fail(const X&... parts) {
+  throw_with<LayoutError>(parts...);
 }
 
 // What packing needs to know of one tensor.

@@ -10,7 +10,7 @@
 // the kernels from device memory, so the launches can be captured in a CUDA graph.
 #include <array>
 #include <atomic>
-#include <mutex>
+#include <stdexcept>
 #include <string>
 
 #include <ATen/core/Tensor.h>
@@ -120,18 +120,25 @@ int phase_device(const PackedList& first, const at::Tensor& fallback) {
   return static_cast<int>(first.size() > 0 ? first.device() : fallback.get_device());
 }
 
+// Argument errors are std::invalid_argument: ValueError in Python.
+template <typename... X>
+[[noreturn]] void value_fail(const char* phase, const X&... parts) {
+  throw_with<std::invalid_argument>("xsam_fast cuda backend, ", phase, ": ", parts...);
+}
+
+std::string describe(const at::Tensor& t) {
+  return t.defined() ? std::string(c10::toString(t.scalar_type())) + " tensor of " +
+                           std::to_string(t.numel()) + " element(s) on " + t.device().str()
+                     : std::string("None");
+}
+
 // A float64 tensor of `numel` elements, contiguous, on CUDA device `device`.
 const at::Tensor& check_f64(const char* phase, const char* what, const at::Tensor& t,
                             int64_t numel, int device) {
-  TORCH_CHECK_VALUE(t.defined() && t.is_cuda() && t.get_device() == device &&
-                        t.scalar_type() == at::kDouble && t.numel() == numel &&
-                        t.is_contiguous(),
-                    "xsam_fast cuda backend, ", phase, ": ", what, " must be a contiguous ",
-                    "float64 tensor of ", numel, " element(s) on cuda:", device, "; got ",
-                    t.defined() ? t.toString() : std::string("None"),
-                    t.defined() ? " of " + std::to_string(t.numel()) + " element(s) on " +
-                                      t.device().str()
-                                : std::string());
+  if (!(t.defined() && t.is_cuda() && t.get_device() == device &&
+        t.scalar_type() == at::kDouble && t.numel() == numel && t.is_contiguous()))
+    value_fail(phase, what, " must be a contiguous float64 tensor of ", numel,
+               " element(s) on cuda:", device, "; got a ", describe(t));
   return t;
 }
 
@@ -145,10 +152,10 @@ CudaRunner runner(int device) {
 // The interpolation coefficients as float64 on `device` (a float tensor of 2 elements;
 // converted on the device when it is not contiguous float64).
 at::Tensor coeffs_f64(const char* phase, const at::Tensor& coeffs, int device) {
-  TORCH_CHECK_VALUE(coeffs.defined() && coeffs.is_cuda() && coeffs.get_device() == device &&
-                        coeffs.is_floating_point() && coeffs.numel() == 2,
-                    "xsam_fast cuda backend, ", phase, ": coeffs must be a float tensor of 2 ",
-                    "elements on cuda:", device);
+  if (!(coeffs.defined() && coeffs.is_cuda() && coeffs.get_device() == device &&
+        coeffs.is_floating_point() && coeffs.numel() == 2))
+    value_fail(phase, "coeffs must be a float tensor of 2 elements on cuda:", device,
+               "; got a ", describe(coeffs));
   return coeffs.to(at::kDouble).contiguous();
 }
 
@@ -183,8 +190,7 @@ void final_sums(const PackedList& points, const PackedList& backups, const Packe
 namespace {
 template <typename Kernel, typename... Args>
 void launch_scalars(const char* phase, const at::Tensor& sc, Kernel kernel, Args... args) {
-  TORCH_CHECK_VALUE(sc.defined() && sc.is_cuda(), "xsam_fast cuda backend, ", phase,
-                    ": sc must be a CUDA tensor");
+  if (!(sc.defined() && sc.is_cuda())) value_fail(phase, "sc must be a CUDA tensor");
   const int device = sc.get_device();
   check_f64(phase, "sc", sc, xsam_scalars::kNumScalars, device);
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
@@ -266,14 +272,11 @@ void adam_update(const PackedList& params, const PackedList& points, const Packe
   const int device = static_cast<int>(params.device());
   check_f64("adam_update", "sc", sc, xsam_scalars::kNumScalars, device);
   check_f64("adam_update", "hyper", hyper, xsam_scalars::kNumHyper, device);
-  TORCH_CHECK_VALUE(steps.defined() && steps.is_cuda() && steps.get_device() == device &&
-                        (steps.scalar_type() == at::kFloat ||
-                         steps.scalar_type() == at::kDouble) &&
-                        steps.dim() == 1 && steps.numel() == params.size() &&
-                        steps.is_contiguous(),
-                    "xsam_fast cuda backend, adam_update: steps must be a contiguous 1-d ",
-                    "float32 or float64 tensor of ", params.size(), " elements on cuda:",
-                    device);
+  if (!(steps.defined() && steps.is_cuda() && steps.get_device() == device &&
+        (steps.scalar_type() == at::kFloat || steps.scalar_type() == at::kDouble) &&
+        steps.dim() == 1 && steps.numel() == params.size() && steps.is_contiguous()))
+    value_fail("adam_update", "steps must be a contiguous 1-d float32 or float64 tensor of ",
+               params.size(), " elements on cuda:", device, "; got a ", describe(steps));
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
   CudaRunner run = runner(device);
   phases::adam_update(run, params.view(), points.view(), backups.view(), grads.view(),
