@@ -102,7 +102,8 @@ def _extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         ext_modules.append(CUDAExtension(
             "xsam_fast._C_cuda", cuda_sources,
-            extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "-lineinfo"]}))
+            extra_compile_args={"cxx": ["-O3", "-g0"],
+                                "nvcc": ["-O3", "-lineinfo", "-fmad=false"]}))
     elif cuda_sources:
         _say(f"{'WARNING: FORCE_CUDA=1 but ' if _flag('FORCE_CUDA') else ''}not building the "
              f"CUDA extension: {no_cuda}")

@@ -86,8 +86,31 @@ def _triton_targets() -> None:
 
 _triton_targets()
 
-if not torch.cuda.is_available():
-    BACKENDS["cuda"] = "no CUDA device"
+
+def _cuda_targets() -> None:
+    import cuda_emulation
+
+    why = cuda_emulation.unavailable()
+    BACKENDS["cuda-emulated"] = why or Target(_emulated_cuda)
+    status = xsam_fast.backend_status()["cuda"]
+    if status:
+        BACKENDS["cuda"] = status
+        return
+    from xsam_fast.backends.cuda import CudaBackend
+
+    BACKENDS["cuda"] = Target(CudaBackend, device="cuda")
+
+
+def _emulated_cuda():
+    """The CUDA backend's code on the CPU, on the default emulated GPU."""
+    import cuda_emulation
+
+    backend = cuda_emulation.EmulatedCudaBackend()
+    backend.set_device()
+    return backend
+
+
+_cuda_targets()
 
 
 def restore_defaults() -> None:

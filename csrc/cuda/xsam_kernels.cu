@@ -1,15 +1,17 @@
-// The CUDA backend of xsam-fast: the host launchers of every phase (the one
-// translation unit with kernels). They check the lists, pick the element type
-// (dispatch.cuh), and run the phase's functor (xsam_functors.cuh) on the
-// multi-tensor chunker (multi_tensor_apply.cuh) on the current stream.
+// The host side of the CUDA backend's phases: argument checks, the device guard and
+// current stream, and the runner that launches the kernels (kernels.cuh) for the phase
+// dispatch shared with the host emulation (phases.cuh).
 //
-// Math runs in acc_t<T> (float for float/half/bfloat16, double for double);
-// 16-bit results are rounded to nearest even once, when stored. Scalar tensors
-// (scale, coeffs) are read by the kernels from device memory: no host sync.
-// Reductions are deterministic: per-block partials in fixed slots, summed by
-// one cleanup block in a fixed order.
+// Every phase is one multi-tensor launch (a reduction adds one cleanup launch), whatever
+// the number of tensors and chunks: the launch reads the lists' pointer tables and the
+// layout's work table from device memory, and its grid is min(items, blocks per SM * SMs)
+// blocks (both queried once per device and kernel). Nothing synchronises with the host;
+// everything a step changes (device scalars, hyper-parameters, Adam's steps) is read by
+// the kernels from device memory, so the launches can be captured in a CUDA graph.
 #include <array>
 #include <atomic>
+#include <stdexcept>
+#include <string>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -17,293 +19,284 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "dispatch.cuh"
-#include "multi_tensor_apply.cuh"
-#include "xsam_functors.cuh"
+#include "kernels.cuh"
+#include "phases.cuh"
 #include "xsam_cuda.h"
 
 namespace xsam_cuda {
 namespace {
 
 std::atomic<int64_t> g_launches{0};
+std::atomic<int64_t> g_last_grid{0};
 
-// ---------------------------------------------------------------- host side
-template <int DEPTH>
-using Lists = std::array<const TensorList*, DEPTH>;
+constexpr int kMaxDevices = 64;
 
-// Same length everywhere; every tensor defined, on the device and with the
-// dtype of the first, contiguous, and as large as its partner in list 0.
-template <int DEPTH>
-void check_lists(const char* phase, const Lists<DEPTH>& lists, const char* const (&names)[DEPTH]) {
-  const TensorList& first = *lists[0];
-  const size_t n = first.size();
-  TORCH_CHECK(n > 0, "xsam_fast cuda backend, ", phase, ": empty tensor list");
-  const at::Tensor& ref = first[0];
-  TORCH_CHECK(ref.defined() && ref.is_cuda(), "xsam_fast cuda backend, ", phase,
-              ": tensors must be CUDA tensors");
-  for (int d = 0; d < DEPTH; ++d) {
-    const TensorList& list = *lists[d];
-    TORCH_CHECK(list.size() == n, "xsam_fast cuda backend, ", phase, ": ", names[d], " has ",
-                list.size(), " tensors, ", names[0], " has ", n);
-    for (size_t t = 0; t < n; ++t) {
-      const at::Tensor& x = list[t];
-      TORCH_CHECK(x.defined() && x.device() == ref.device() && x.scalar_type() == ref.scalar_type(),
-                  "xsam_fast cuda backend, ", phase, ": ", names[d], "[", t,
-                  "] must be a ", ref.scalar_type(), " tensor on ", ref.device());
-      TORCH_CHECK(x.is_contiguous(), "xsam_fast cuda backend, ", phase, ": ", names[d], "[", t,
-                  "] is not contiguous");
-      TORCH_CHECK(x.numel() == first[t].numel(), "xsam_fast cuda backend, ", phase, ": ",
-                  names[d], "[", t, "] has ", x.numel(), " elements, ", names[0], "[", t,
-                  "] has ", first[t].numel());
+// A per-device value computed once (the first call for a device computes it).
+class PerDevice {
+ public:
+  template <typename F>
+  int get(int device, F&& compute) {
+    TORCH_CHECK(device >= 0 && device < kMaxDevices, "xsam_fast cuda backend: device index ",
+                device, " out of range");
+    int v = values_[device].load(std::memory_order_acquire);
+    if (v == 0) {
+      v = compute();
+      values_[device].store(v, std::memory_order_release);
     }
+    return v;
   }
-}
 
-// A device-resident scalar operand: acc dtype, on the lists' device, >= n elements.
-at::Tensor check_scalar(const char* phase, const char* what, const at::Tensor& s,
-                        const at::Tensor& like, int64_t n) {
-  const auto acc = like.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(s.defined() && s.device() == like.device() && s.scalar_type() == acc &&
-                  s.numel() >= n,
-              "xsam_fast cuda backend, ", phase, ": ", what, " must be a ", acc, " tensor of ", n,
-              " element(s) on ", like.device());
-  return s.contiguous();
-}
+ private:
+  std::array<std::atomic<int>, kMaxDevices> values_{};
+};
 
-cudaStream_t current_stream(const at::Tensor& like) {
-  return c10::cuda::getCurrentCUDAStream(like.device().index()).stream();
-}
-
+// Resident blocks per multiprocessor of one kernel instantiation (at least 1).
 template <typename T, int DEPTH, typename Op>
-void run(const Lists<DEPTH>& lists, const Op& op, acc_t<T>* partials, int64_t stride,
-         cudaStream_t stream) {
-  static_assert(Op::kDepth == DEPTH, "functor and lists disagree on depth");
-  auto addr = [&](int d, int64_t t) { return (*lists[d])[t].data_ptr(); };
-  auto numel = [&](int64_t t) { return (*lists[0])[t].numel(); };
-  g_launches += multi_tensor_apply<T, DEPTH>(static_cast<int64_t>(lists[0]->size()), addr, numel,
-                                             op, partials, stride, stream);
+int blocks_per_sm(int device) {
+  static PerDevice cache;
+  return cache.get(device, [] {
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &blocks, multi_tensor_kernel<T, DEPTH, Op>, kThreads, 0));
+    return blocks > 0 ? blocks : 1;
+  });
+}
+
+void count_launch() {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  g_launches.fetch_add(1, std::memory_order_relaxed);
 }
 
-int64_t count_chunks(const TensorList& tensors) {
-  int64_t chunks = 0;
-  for (const auto& t : tensors) chunks += (t.numel() + kChunk - 1) / kChunk;
-  return chunks;
+// Launches the phases of phases.cuh on `device`'s current stream.
+struct CudaRunner {
+  int device;
+  cudaStream_t stream;
+
+  template <typename T, int DEPTH, typename Op>
+  int64_t grid(const Tables<DEPTH>& t) const {
+    const int64_t blocks =
+        grid_size(t.nitems, blocks_per_sm<T, DEPTH, Op>(device), sm_count(device));
+    if (blocks > 0) g_last_grid.store(blocks, std::memory_order_relaxed);
+    return blocks;
+  }
+
+  template <typename T, int DEPTH, typename Op>
+  void elementwise(const Tables<DEPTH>& t, const Op& op) {
+    static_assert(Op::kDepth == DEPTH && Op::kSums == 0, "functor and launch disagree");
+    const int64_t blocks = grid<T, DEPTH, Op>(t);
+    if (blocks == 0) return;
+    multi_tensor_kernel<T, DEPTH, Op>
+        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(t, op, nullptr);
+    count_launch();
+  }
+
+  template <typename T, int DEPTH, typename Op>
+  void reduce(const Tables<DEPTH>& t, const Op& op, double* out, bool accumulate) {
+    static_assert(Op::kDepth == DEPTH && Op::kSums > 0, "functor and launch disagree");
+    using A = acc_t<T>;
+    constexpr int N = Op::kSums;
+    const at::Tensor partials =
+        at::empty({N * (t.nitems > 0 ? t.nitems : 1)},
+                  at::TensorOptions()
+                      .device(at::kCUDA, static_cast<c10::DeviceIndex>(device))
+                      .dtype(std::is_same_v<A, double> ? at::kDouble : at::kFloat));
+    A* part = static_cast<A*>(partials.data_ptr());
+    const int64_t blocks = grid<T, DEPTH, Op>(t);
+    if (blocks > 0) {
+      multi_tensor_kernel<T, DEPTH, Op>
+          <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(t, op, part);
+      count_launch();
+    }
+    // with no item the cleanup writes (or adds) zeros
+    sum_partials_kernel<A, N><<<1, kThreads, 0, stream>>>(part, t.nitems, out, accumulate);
+    count_launch();
+  }
+};
+
+// ---------------------------------------------------------------- argument checks
+// The device of a phase: its lists' (every list of a phase has the same layout, checked
+// by phases.cuh), or `fallback`'s for empty lists.
+int phase_device(const PackedList& first, const at::Tensor& fallback) {
+  return static_cast<int>(first.size() > 0 ? first.device() : fallback.get_device());
 }
 
-// A reduction phase: per-block partials, then one cleanup block; the result
-// has `shape` (0-d or (NSUMS,)) and the accumulation dtype.
-template <typename T, int DEPTH, typename Op>
-at::Tensor reduce(const Lists<DEPTH>& lists, const Op& op, at::IntArrayRef shape) {
-  using A = acc_t<T>;
-  constexpr int N = Op::kSums;
-  const at::Tensor& like = (*lists[0])[0];
-  const auto options = like.options().dtype(c10::CppTypeToScalarType<A>::value);
-  at::Tensor out = at::empty(shape, options);
-  const cudaStream_t stream = current_stream(like);
-  const int64_t chunks = count_chunks(*lists[0]);
-  at::Tensor partials = at::empty({N * (chunks > 0 ? chunks : 1)}, options);
-  if (chunks > 0) run<T, DEPTH>(lists, op, partials.data_ptr<A>(), chunks, stream);
-  // with no element at all, the cleanup block writes zeros
-  sum_partials_kernel<A, N><<<1, kThreads, 0, stream>>>(partials.data_ptr<A>(), chunks,
-                                                         out.data_ptr<A>());
-  ++g_launches;
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+// Argument errors are std::invalid_argument: ValueError in Python.
+template <typename... X>
+[[noreturn]] void value_fail(const char* phase, const X&... parts) {
+  throw_with<std::invalid_argument>("xsam_fast cuda backend, ", phase, ": ", parts...);
 }
 
-template <typename A>
-const A* scalar_ptr(const at::Tensor& s) {
-  return s.data_ptr<A>();
+std::string describe(const at::Tensor& t) {
+  return t.defined() ? std::string(c10::toString(t.scalar_type())) + " tensor of " +
+                           std::to_string(t.numel()) + " element(s) on " + t.device().str()
+                     : std::string("None");
+}
+
+// A float64 tensor of `numel` elements, contiguous, on CUDA device `device`.
+const at::Tensor& check_f64(const char* phase, const char* what, const at::Tensor& t,
+                            int64_t numel, int device) {
+  if (!(t.defined() && t.is_cuda() && t.get_device() == device &&
+        t.scalar_type() == at::kDouble && t.numel() == numel && t.is_contiguous()))
+    value_fail(phase, what, " must be a contiguous float64 tensor of ", numel,
+               " element(s) on cuda:", device, "; got a ", describe(t));
+  return t;
+}
+
+double* ptr_f64(const at::Tensor& t) { return t.data_ptr<double>(); }
+
+CudaRunner runner(int device) {
+  const auto index = static_cast<c10::DeviceIndex>(device);
+  return CudaRunner{device, c10::cuda::getCurrentCUDAStream(index).stream()};
+}
+
+// The interpolation coefficients as float64 on `device` (a float tensor of 2 elements;
+// converted on the device when it is not contiguous float64).
+at::Tensor coeffs_f64(const char* phase, const at::Tensor& coeffs, int device) {
+  if (!(coeffs.defined() && coeffs.is_cuda() && coeffs.get_device() == device &&
+        coeffs.is_floating_point() && coeffs.numel() == 2))
+    value_fail(phase, "coeffs must be a float tensor of 2 elements on cuda:", device,
+               "; got a ", describe(coeffs));
+  return coeffs.to(at::kDouble).contiguous();
 }
 
 }  // namespace
 
 // ---------------------------------------------------------------- phases
-at::Tensor sumsq(const TensorList& tensors, const TensorList& weights, std::optional<double> eta) {
-  const c10::cuda::CUDAGuard guard(tensors.at(0).device());
-  at::Tensor out;
-  dispatch_floating(tensors[0].scalar_type(), "sumsq", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    if (eta) {  // ||T g||^2, T = |weights| + eta
-      const Lists<2> lists{&tensors, &weights};
-      check_lists<2>("sumsq", lists, {"tensors", "weights"});
-      SumSqOp<T, true> op{};
-      op.eta = static_cast<acc_t<T>>(*eta);
-      out = reduce<T, 2>(lists, op, {});
-      return;
-    }
-    const Lists<1> lists{&tensors};
-    check_lists<1>("sumsq", lists, {"tensors"});
-    out = reduce<T, 1>(lists, SumSqOp<T>{}, {});
-  });
-  return out;
-}
-
-void backup_ascent(const TensorList& params, const TensorList& grads, const TensorList& backups,
-                   const at::Tensor& scale, bool backup, std::optional<double> eta) {
-  const c10::cuda::CUDAGuard guard(params.at(0).device());
-  dispatch_floating(params[0].scalar_type(), "backup_ascent", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using A = acc_t<T>;
-    const at::Tensor s = check_scalar("backup_ascent", "scale", scale, params[0], 1);
-    const cudaStream_t stream = current_stream(params[0]);
-    if (eta) {  // ASAM: the backups are read (T) or written (backup) in any case
-      const Lists<3> lists{&params, &grads, &backups};
-      check_lists<3>("backup_ascent", lists, {"params", "grads", "backups"});
-      auto launch = [&](auto op) {
-        op.scale_ptr = scalar_ptr<A>(s);
-        op.eta = static_cast<A>(*eta);
-        run<T, 3>(lists, op, nullptr, 0, stream);
-      };
-      if (backup)
-        launch(AscentOp<T, true, true>{});
-      else
-        launch(AscentOp<T, false, true>{});
-    } else if (backup) {
-      const Lists<3> lists{&params, &grads, &backups};
-      check_lists<3>("backup_ascent", lists, {"params", "grads", "backups"});
-      AscentOp<T, true> op{};
-      op.scale_ptr = scalar_ptr<A>(s);
-      run<T, 3>(lists, op, nullptr, 0, stream);
-    } else {
-      const Lists<2> lists{&params, &grads};
-      check_lists<2>("backup_ascent", lists, {"params", "grads"});
-      AscentOp<T, false> op{};
-      op.scale_ptr = scalar_ptr<A>(s);
-      run<T, 2>(lists, op, nullptr, 0, stream);
-    }
-  });
-}
-
-at::Tensor final_sums(const TensorList& points, const TensorList& backups,
-                      const TensorList& grads, std::optional<double> eta) {
-  const Lists<3> lists{&points, &backups, &grads};
-  check_lists<3>("final_sums", lists, {"points", "backups", "grads"});
-  const c10::cuda::CUDAGuard guard(points[0].device());
-  at::Tensor out;
-  dispatch_floating(points[0].scalar_type(), "final_sums", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    if (eta) {
-      FinalSumsOp<T, true> op{};
-      op.eta = static_cast<acc_t<T>>(*eta);
-      out = reduce<T, 3>(lists, op, {3});
-    } else {
-      out = reduce<T, 3>(lists, FinalSumsOp<T>{}, {3});
-    }
-  });
-  return out;
-}
-
-namespace {
-// Runs an interpolation functor (WritePointOp / WriteGradRestoreOp) plain or adaptive.
-template <template <typename, bool> class Op>
-void interpolate(const char* phase, const TensorList& out, const TensorList& points,
-                 const TensorList& backups, const TensorList& grads, const at::Tensor& coeffs,
-                 std::optional<double> eta, const char* const (&names)[4]) {
-  const Lists<4> lists{&out, &points, &backups, &grads};
-  check_lists<4>(phase, lists, names);
-  const c10::cuda::CUDAGuard guard(out[0].device());
-  const at::Tensor co = check_scalar(phase, "coeffs", coeffs, out[0], 2);
-  dispatch_floating(out[0].scalar_type(), phase, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    auto launch = [&](auto op) {
-      op.c.ptr = scalar_ptr<acc_t<T>>(co);
-      op.c.eta = static_cast<acc_t<T>>(eta.value_or(0.0));
-      run<T, 4>(lists, op, nullptr, 0, current_stream(out[0]));
-    };
-    if (eta)
-      launch(Op<T, true>{});
-    else
-      launch(Op<T, false>{});
-  });
-}
-}  // namespace
-
-void write_point(const TensorList& out, const TensorList& points, const TensorList& backups,
-                 const TensorList& grads, const at::Tensor& coeffs, std::optional<double> eta) {
-  interpolate<WritePointOp>("write_point", out, points, backups, grads, coeffs, eta,
-                            {"out", "points", "backups", "grads"});
-}
-
-void write_grad_restore(const TensorList& params, const TensorList& points,
-                        const TensorList& backups, const TensorList& grads,
-                        const at::Tensor& coeffs, std::optional<double> eta) {
-  interpolate<WriteGradRestoreOp>("write_grad_restore", params, points, backups, grads, coeffs,
-                                  eta, {"params", "points", "backups", "grads"});
-}
-
-namespace {
-template <typename T, bool MOMENTUM, bool INIT, int DEPTH>
-void sgd_launch(const Lists<DEPTH>& lists, const at::Tensor& co, double lr, double weight_decay,
-                double momentum, double dampening, bool nesterov, bool maximize,
-                std::optional<double> eta) {
-  const cudaStream_t stream = current_stream((*lists[0])[0]);
-  if (eta) {
-    const auto op = SgdOp<T, MOMENTUM, INIT, true>::make(
-        scalar_ptr<acc_t<T>>(co), lr, weight_decay, momentum, dampening, nesterov, maximize, *eta);
-    run<T, DEPTH>(lists, op, nullptr, 0, stream);
+void sumsq(const PackedList& grads, const at::Tensor& out, bool accumulate,
+           const PackedList* weights, std::optional<double> eta) {
+  const int device = phase_device(grads, out);
+  check_f64("sumsq", "out", out, 1, device);
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  CudaRunner run = runner(device);
+  const ListView g = grads.view();
+  if (weights == nullptr) {
+    phases::sumsq(run, g, nullptr, eta, ptr_f64(out), accumulate);
     return;
   }
-  const auto op = SgdOp<T, MOMENTUM, INIT>::make(scalar_ptr<acc_t<T>>(co), lr, weight_decay,
-                                                 momentum, dampening, nesterov, maximize);
-  run<T, DEPTH>(lists, op, nullptr, 0, stream);
+  const ListView w = weights->view();
+  phases::sumsq(run, g, &w, eta, ptr_f64(out), accumulate);
+}
+
+void final_sums(const PackedList& points, const PackedList& backups, const PackedList& grads,
+                const at::Tensor& out, bool accumulate, std::optional<double> eta) {
+  const int device = phase_device(points, out);
+  check_f64("final_sums", "out", out, 3, device);
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  CudaRunner run = runner(device);
+  phases::final_sums(run, points.view(), backups.view(), grads.view(), eta, ptr_f64(out),
+                     accumulate);
+}
+
+namespace {
+template <typename Kernel, typename... Args>
+void launch_scalars(const char* phase, const at::Tensor& sc, Kernel kernel, Args... args) {
+  if (!(sc.defined() && sc.is_cuda())) value_fail(phase, "sc must be a CUDA tensor");
+  const int device = sc.get_device();
+  check_f64(phase, "sc", sc, xsam_scalars::kNumScalars, device);
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  kernel<<<1, 1, 0, runner(device).stream>>>(ptr_f64(sc), args...);
+  count_launch();
 }
 }  // namespace
 
-void sgd_update(const TensorList& params, const TensorList& points, const TensorList& backups,
-                const TensorList& grads, const TensorList& bufs, const at::Tensor& coeffs,
-                double lr, double weight_decay, double momentum, double dampening, bool nesterov,
+void ascent_scalars(const at::Tensor& sc, bool first, bool check) {
+  launch_scalars("ascent_scalars", sc, ascent_scalars_kernel, first, check);
+}
+
+void update_scalars(const at::Tensor& sc, bool check) {
+  launch_scalars("update_scalars", sc, update_scalars_kernel, check);
+}
+
+void plain_scalars(const at::Tensor& sc, bool check) {
+  launch_scalars("plain_scalars", sc, plain_scalars_kernel, check);
+}
+
+void backup_ascent(const PackedList& params, const PackedList& grads, const PackedList& backups,
+                   const at::Tensor& sc, const at::Tensor& hyper, bool backup,
+                   std::optional<double> eta) {
+  if (params.size() == 0) return;
+  const int device = static_cast<int>(params.device());
+  check_f64("backup_ascent", "sc", sc, xsam_scalars::kNumScalars, device);
+  check_f64("backup_ascent", "hyper", hyper, xsam_scalars::kNumHyper, device);
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  CudaRunner run = runner(device);
+  phases::backup_ascent(run, params.view(), grads.view(), backups.view(), ptr_f64(sc),
+                        ptr_f64(hyper), backup, eta);
+}
+
+void write_point(const PackedList& out, const PackedList& points, const PackedList& backups,
+                 const PackedList& grads, const at::Tensor& coeffs, std::optional<double> eta) {
+  if (out.size() == 0) return;
+  const int device = static_cast<int>(out.device());
+  const at::Tensor co = coeffs_f64("write_point", coeffs, device);
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  CudaRunner run = runner(device);
+  phases::write_point(run, out.view(), points.view(), backups.view(), grads.view(), ptr_f64(co),
+                      eta);
+}
+
+void write_grad_restore(const PackedList& params, const PackedList& points,
+                        const PackedList& backups, const PackedList& grads,
+                        const at::Tensor& coeffs, std::optional<double> eta) {
+  if (params.size() == 0) return;
+  const int device = static_cast<int>(params.device());
+  const at::Tensor co = coeffs_f64("write_grad_restore", coeffs, device);
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  CudaRunner run = runner(device);
+  phases::write_grad_restore(run, params.view(), points.view(), backups.view(), grads.view(),
+                             ptr_f64(co), eta);
+}
+
+void sgd_update(const PackedList& params, const PackedList& points, const PackedList& backups,
+                const PackedList& grads, const PackedList* bufs, const at::Tensor& sc,
+                const at::Tensor& hyper, bool weight_decay, bool momentum, bool nesterov,
                 bool maximize, bool init_bufs, std::optional<double> eta) {
-  const c10::cuda::CUDAGuard guard(params.at(0).device());
-  const at::Tensor co = check_scalar("sgd_update", "coeffs", coeffs, params[0], 2);
-  dispatch_floating(params[0].scalar_type(), "sgd_update", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    if (momentum == 0.0) {
-      const Lists<4> lists{&params, &points, &backups, &grads};
-      check_lists<4>("sgd_update", lists, {"params", "points", "backups", "grads"});
-      sgd_launch<T, false, false, 4>(lists, co, lr, weight_decay, momentum, dampening, nesterov,
-                                     maximize, eta);
-      return;
-    }
-    const Lists<5> lists{&params, &points, &backups, &grads, &bufs};
-    check_lists<5>("sgd_update", lists, {"params", "points", "backups", "grads", "bufs"});
-    if (init_bufs)
-      sgd_launch<T, true, true, 5>(lists, co, lr, weight_decay, momentum, dampening, nesterov,
-                                   maximize, eta);
-    else
-      sgd_launch<T, true, false, 5>(lists, co, lr, weight_decay, momentum, dampening, nesterov,
-                                    maximize, eta);
-  });
+  if (params.size() == 0) return;
+  const int device = static_cast<int>(params.device());
+  check_f64("sgd_update", "sc", sc, xsam_scalars::kNumScalars, device);
+  check_f64("sgd_update", "hyper", hyper, xsam_scalars::kNumHyper, device);
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  CudaRunner run = runner(device);
+  const ListView b = bufs != nullptr ? bufs->view() : ListView{};
+  phases::sgd_update(run, params.view(), points.view(), backups.view(), grads.view(),
+                     bufs != nullptr ? &b : nullptr, ptr_f64(sc), ptr_f64(hyper), weight_decay,
+                     momentum, nesterov, maximize, init_bufs, eta);
 }
 
-void adam_update(const TensorList& params, const TensorList& points, const TensorList& backups,
-                 const TensorList& grads, const TensorList& exp_avgs,
-                 const TensorList& exp_avg_sqs, const at::Tensor& coeffs, double lr, double beta1,
-                 double beta2, double eps, double weight_decay, bool decoupled, bool maximize,
-                 double step_size, double bias_correction2_sqrt, std::optional<double> eta) {
-  const Lists<6> lists{&params, &points, &backups, &grads, &exp_avgs, &exp_avg_sqs};
-  check_lists<6>("adam_update", lists,
-                 {"params", "points", "backups", "grads", "exp_avgs", "exp_avg_sqs"});
-  const c10::cuda::CUDAGuard guard(params[0].device());
-  const at::Tensor co = check_scalar("adam_update", "coeffs", coeffs, params[0], 2);
-  dispatch_floating(params[0].scalar_type(), "adam_update", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using A = acc_t<T>;
-    const cudaStream_t stream = current_stream(params[0]);
-    if (eta) {
-      const auto op = AdamOp<T, true>::make(scalar_ptr<A>(co), lr, beta1, beta2, eps,
-                                            weight_decay, decoupled, maximize, step_size,
-                                            bias_correction2_sqrt, *eta);
-      run<T, 6>(lists, op, nullptr, 0, stream);
-      return;
-    }
-    const auto op = AdamOp<T>::make(scalar_ptr<A>(co), lr, beta1, beta2, eps, weight_decay,
-                                    decoupled, maximize, step_size, bias_correction2_sqrt);
-    run<T, 6>(lists, op, nullptr, 0, stream);
-  });
+void adam_update(const PackedList& params, const PackedList& points, const PackedList& backups,
+                 const PackedList& grads, const PackedList& exp_avgs,
+                 const PackedList& exp_avg_sqs, const at::Tensor& steps, const at::Tensor& sc,
+                 const at::Tensor& hyper, bool weight_decay, bool decoupled, bool maximize,
+                 std::optional<double> eta) {
+  if (params.size() == 0) return;
+  const int device = static_cast<int>(params.device());
+  check_f64("adam_update", "sc", sc, xsam_scalars::kNumScalars, device);
+  check_f64("adam_update", "hyper", hyper, xsam_scalars::kNumHyper, device);
+  if (!(steps.defined() && steps.is_cuda() && steps.get_device() == device &&
+        (steps.scalar_type() == at::kFloat || steps.scalar_type() == at::kDouble) &&
+        steps.dim() == 1 && steps.numel() == params.size() && steps.is_contiguous()))
+    value_fail("adam_update", "steps must be a contiguous 1-d float32 or float64 tensor of ",
+               params.size(), " elements on cuda:", device, "; got a ", describe(steps));
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  CudaRunner run = runner(device);
+  phases::adam_update(run, params.view(), points.view(), backups.view(), grads.view(),
+                      exp_avgs.view(), exp_avg_sqs.view(), steps.data_ptr(),
+                      steps.scalar_type() == at::kDouble, ptr_f64(sc), ptr_f64(hyper),
+                      weight_decay, decoupled, maximize, eta);
 }
 
+// ---------------------------------------------------------------- for tests
 int64_t launch_count() { return g_launches.load(); }
+
+int64_t last_grid() { return g_last_grid.load(); }
+
+int sm_count(int device) {
+  static PerDevice cache;
+  return cache.get(device, [device] {
+    int count = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    return count > 0 ? count : 1;
+  });
+}
 
 }  // namespace xsam_cuda

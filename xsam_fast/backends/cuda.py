@@ -1,20 +1,28 @@
-"""The CUDA backend: multi-tensor kernels of the extension ``xsam_fast._C_cuda``.
+"""The CUDA backend: persistent multi-tensor kernels of the extension ``xsam_fast._C_cuda``.
 
-Each phase is one call into the extension with whole tensor lists; the kernels
-(``csrc/cuda/``) process every tensor of a bucket in one launch (more only when
-the kernel's argument table of tensors fills up), read the scalars ``scale`` and
-``coeffs`` from device memory, and reduce deterministically (per-block partials
-summed in a fixed order). Nothing here queries the GPU at import time.
+:meth:`CudaBackend.pack` checks a list once and builds, on its device, a table of
+the tensors' addresses and (once per layout, shared by the lists packed ``like``
+it) a table of (tensor, chunk) work items, both copied from pinned memory without
+synchronising. Every phase is then one call into the extension and one kernel
+launch (plus one cleanup launch for a reduction) whatever the number of tensors,
+on the tensors' device and its current stream. The kernels read the device
+scalars ``sc``, the bucket's ``hyper`` and Adam's ``steps`` from device memory,
+so nothing synchronises with the host and a step can be captured in a CUDA graph.
+Reductions are deterministic (one partial per work item, added in a fixed order).
+Source: ``csrc/cuda/``; semantics: :mod:`xsam_fast.backends.base`.
 
 The extension is built by ``setup.py`` where a CUDA build of torch and a CUDA
 toolkit (``CUDA_HOME``, or ``nvcc`` on ``PATH``) are present, GPU or not.
+Nothing here queries the GPU at import time.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from .base import Backend, Tensors
+from .base import Backend, LayoutError, TensorList
 
 try:
     from .. import _C_cuda  # type: ignore[attr-defined]
@@ -28,8 +36,26 @@ except Exception as exc:  # not built here, or built against another torch
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+class CudaTensorList(TensorList):
+    """A list packed by :class:`CudaBackend`: the tensors and their ``_C_cuda.PackedList``."""
+
+    __slots__ = ("packed",)
+
+    def __init__(self, tensors: Sequence[Tensor], packed) -> None:
+        super().__init__(tensors)
+        self.packed = packed
+
+
+def _packed(lst: TensorList):
+    """The C++ side of a list packed by this backend (LayoutError for any other list)."""
+    if not isinstance(lst, CudaTensorList):
+        raise LayoutError(f"a {type(lst).__name__} was not packed by the cuda backend "
+                          "(pack it with CudaBackend.pack)")
+    return lst.packed
+
+
 class CudaBackend(Backend):
-    """Fused XSAM phases as CUDA multi-tensor kernels."""
+    """Fused XSAM phases as persistent CUDA multi-tensor kernels."""
 
     name = "cuda"
 
@@ -47,57 +73,65 @@ class CudaBackend(Backend):
     def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
         return torch.device(device).type == "cuda" and dtype in SUPPORTED_DTYPES
 
-    @staticmethod
-    def launch_count() -> int:
-        """Kernel launches issued by the extension since it was loaded (for tests)."""
-        return int(_C_cuda.launch_count())
+    # ------------------------------------------------------------------ lists
+    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None, *,
+             grads: bool = False) -> CudaTensorList:
+        """Checked in C++ (a few nanoseconds per tensor), so ``grads`` changes nothing."""
+        tensors = tuple(tensors)
+        return CudaTensorList(tensors, _C_cuda.PackedList(
+            list(tensors), None if like is None else _packed(like)))
 
-    def sumsq(self, tensors: Tensors, *, weights=None, eta=None) -> Tensor:
-        if not tensors:
-            return torch.zeros((), dtype=torch.float32)
-        if eta is not None and weights is None:
-            raise ValueError("sumsq with eta needs the weights (theta_0) that T is made of")
-        return _C_cuda.sumsq(list(tensors), list(weights) if eta is not None else [], _eta(eta))
+    # ------------------------------------------------------------------ reductions
+    def sumsq(self, grads, out, *, accumulate, weights=None, eta=None):
+        _C_cuda.sumsq(_packed(grads), out, accumulate,
+                      None if weights is None else _packed(weights), eta)
 
-    def backup_ascent(self, params, grads, backups, scale, backup, *, eta=None):
-        if params:
-            keep = backup or eta is not None  # written, or read for T
-            _C_cuda.backup_ascent(list(params), list(grads), list(backups) if keep else [],
-                                  scale, bool(backup), _eta(eta))
+    def final_sums(self, points, backups, grads, out, *, accumulate, eta=None):
+        _C_cuda.final_sums(_packed(points), _packed(backups), _packed(grads), out, accumulate,
+                           eta)
 
-    def final_sums(self, points, backups, grads, *, eta=None):
-        if not points:
-            return torch.zeros(3, dtype=torch.float32)
-        return _C_cuda.final_sums(list(points), list(backups), list(grads), _eta(eta))
+    # ------------------------------------------------------------------ scalars
+    def ascent_scalars(self, sc, *, first, check):
+        _C_cuda.ascent_scalars(sc, first, check)
+
+    def update_scalars(self, sc, *, check):
+        _C_cuda.update_scalars(sc, check)
+
+    def plain_scalars(self, sc, *, check):
+        _C_cuda.plain_scalars(sc, check)
+
+    # ------------------------------------------------------------------ elementwise
+    def backup_ascent(self, params, grads, backups, sc, hyper, *, backup, eta=None):
+        _C_cuda.backup_ascent(_packed(params), _packed(grads), _packed(backups), sc, hyper,
+                              backup, eta)
 
     def write_point(self, out, points, backups, grads, coeffs, *, eta=None):
-        if out:
-            _C_cuda.write_point(list(out), list(points), list(backups), list(grads), coeffs,
-                                _eta(eta))
+        _C_cuda.write_point(_packed(out), _packed(points), _packed(backups), _packed(grads),
+                            coeffs, eta)
 
     def write_grad_restore(self, params, points, backups, grads, coeffs, *, eta=None):
-        if params:
-            _C_cuda.write_grad_restore(list(params), list(points), list(backups), list(grads),
-                                       coeffs, _eta(eta))
+        _C_cuda.write_grad_restore(_packed(params), _packed(points), _packed(backups),
+                                   _packed(grads), coeffs, eta)
 
-    def sgd_update(self, params, points, backups, grads, bufs, coeffs, *, lr, weight_decay,
-                   momentum, dampening, nesterov, maximize, init_bufs, eta=None):
-        if params:
-            _C_cuda.sgd_update(list(params), list(points), list(backups), list(grads),
-                               list(bufs), coeffs, float(lr), float(weight_decay),
-                               float(momentum), float(dampening), bool(nesterov),
-                               bool(maximize), bool(init_bufs), _eta(eta))
+    def sgd_update(self, params, points, backups, grads, bufs, sc, hyper, *, weight_decay,
+                   momentum, nesterov, maximize, init_bufs, eta=None):
+        _C_cuda.sgd_update(_packed(params), _packed(points), _packed(backups), _packed(grads),
+                           None if bufs is None else _packed(bufs), sc, hyper, weight_decay,
+                           momentum, nesterov, maximize, init_bufs, eta)
 
-    def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, coeffs, *, lr,
-                    beta1, beta2, eps, weight_decay, decoupled, maximize, step_size,
-                    bias_correction2_sqrt, eta=None):
-        if params:
-            _C_cuda.adam_update(list(params), list(points), list(backups), list(grads),
-                                list(exp_avgs), list(exp_avg_sqs), coeffs, float(lr),
-                                float(beta1), float(beta2), float(eps), float(weight_decay),
-                                bool(decoupled), bool(maximize), float(step_size),
-                                float(bias_correction2_sqrt), _eta(eta))
+    def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, steps, sc,
+                    hyper, *, weight_decay, decoupled, maximize, eta=None):
+        _C_cuda.adam_update(_packed(params), _packed(points), _packed(backups), _packed(grads),
+                            _packed(exp_avgs), _packed(exp_avg_sqs), steps, sc, hyper,
+                            weight_decay, decoupled, maximize, eta)
 
+    # ------------------------------------------------------------------ for tests
+    @staticmethod
+    def launch_count() -> int:
+        """Kernel launches issued by the extension since it was loaded."""
+        return int(_C_cuda.launch_count())
 
-def _eta(eta: float | None) -> float | None:
-    return None if eta is None else float(eta)
+    @staticmethod
+    def last_grid() -> int:
+        """Blocks of the latest multi-tensor launch."""
+        return int(_C_cuda.last_grid())
