@@ -116,7 +116,10 @@ class StepPlan:
         fused = fused and not self.dtensor
         self.buckets = [self._bucket(opt, key, pairs, fused) for key, pairs in keyed.items()]
         self.owners = [o for b in self.buckets for o in b.owners]
-        self._locals = [p for b in self.buckets for p in b.locals]
+        # storage is checked only where the packed lists keep addresses (and under FSDP2,
+        # whose local shards the plan holds)
+        self._locals = [p for b in self.buckets for p in b.locals
+                        if self.dtensor or not b.kernels.follows_storage]
         self._pointers = [p.data_ptr() for p in self._locals]
         self._structure = _structure(opt)  # after the state this build created
         self.devices = list(dict.fromkeys(b.device for b in self.buckets))
@@ -167,8 +170,8 @@ class StepPlan:
 
     # ------------------------------------------------------------------ checks
     def holds(self, opt: Any) -> bool:
-        """Whether the plan still describes ``opt``: same structure, same storage of every
-        stepped parameter, and no stepped parameter lost its gradient."""
+        """Whether the plan still describes ``opt``: same structure, and the same storage of
+        every stepped parameter whose packed lists keep addresses."""
         return (not self.stale and _structure(opt) == self._structure
                 and [p.data_ptr() for p in self._locals] == self._pointers)
 

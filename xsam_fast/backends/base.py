@@ -205,6 +205,10 @@ class Backend(abc.ABC):
 
     #: name accepted by ``XSAM(backend=...)``
     name: str = ""
+    #: whether packed lists read each tensor's current storage at every call (a parameter
+    #: whose storage is replaced, same shape and strides, needs no new plan); else the
+    #: lists keep the addresses they were packed with
+    follows_storage: bool = False
 
     @classmethod
     @abc.abstractmethod

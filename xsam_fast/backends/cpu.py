@@ -42,6 +42,7 @@ class CpuTensorList(TensorList):
 
 class CpuBackend(Backend):
     name = "cpu"
+    follows_storage = True  # the C++ lists re-read (and re-check) moved tensors
 
     @classmethod
     def is_available(cls) -> tuple[bool, str]:

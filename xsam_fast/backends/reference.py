@@ -49,6 +49,7 @@ def _store(out: Tensor, value: Tensor, found: Tensor | None = None,
 
 class ReferenceBackend(Backend):
     name = "reference"
+    follows_storage = True  # it steps the tensors themselves
 
     @classmethod
     def is_available(cls) -> tuple[bool, str]:
