@@ -53,7 +53,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-from xsam_fast import coefficients as C
+from xsam_fast import coefficients
 from xsam_fast.backends import base as B
 from xsam_fast.backends.base import TensorList
 from xsam_fast.backends.reference import ReferenceBackend
@@ -142,7 +142,7 @@ class AuthorsStyleXSAM(_BaselineXSAM):
         for p in params:
             v0, v1 = self.state[p]["v0"], self.state[p]["v1"]
             p.grad = torch.where(
-                sin_psi < C.SIN_PSI_MIN,
+                sin_psi < coefficients.SIN_PSI_MIN,
                 (scale * 0.5) * (v0 + v1),
                 (scale * torch.sin((1 - a) * psi) / sin_psi) * v0
                 + (scale * torch.sin(a * psi) / sin_psi) * v1,
@@ -177,7 +177,7 @@ class ForeachXSAM(_BaselineXSAM):
 
     @staticmethod
     def _norm(tensors: list[Tensor]) -> Tensor:
-        acc = C.accumulation_dtype(tensors[0].dtype)
+        acc = coefficients.accumulation_dtype(tensors[0].dtype)
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, 2, dtype=acc)))
 
     @torch.no_grad()
@@ -211,15 +211,15 @@ class ForeachXSAM(_BaselineXSAM):
         params, grads, backups = self._second_lists(update_alpha)
         if not params:
             return None
-        acc = C.accumulation_dtype(params[0].dtype)
+        acc = coefficients.accumulation_dtype(params[0].dtype)
         norm_g = self._norm(grads)
         torch._foreach_sub_(params, backups)  # the parameters now hold d
         norm_d = self._norm(params)
         dot = torch.stack([torch.dot(d.reshape(-1), g.reshape(-1)).to(acc)
                            for d, g in zip(params, grads)]).sum()
         sums = torch.stack([norm_g * norm_g, norm_d * norm_d, dot])
-        psi, norm_g, norm_d = C.angle(sums, self.eps)
-        c_d, c_g = C.interpolation_coefficients(norm_g, self.alpha, psi, norm_g, norm_d,
+        psi, norm_g, norm_d = coefficients.angle(sums, self.eps)
+        c_d, c_g = coefficients.interpolation_coefficients(norm_g, self.alpha, psi, norm_g, norm_d,
                                                 self.eps).tolist()
         torch._foreach_mul_(grads, c_g)
         torch._foreach_add_(grads, params, alpha=c_d)  # grads now hold G
@@ -237,7 +237,7 @@ def _reference_ascent(params: list[Tensor], grads: list[Tensor], backups: list[T
     ``||g||^2``, the skip flag, then backup (if ``backup``) and ascent."""
     g = TensorList(grads)
     _REFERENCE.sumsq(g, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
-    C.ascent_scalars(sc, first=True, check=True)
+    coefficients.ascent_scalars(sc, first=True, check=True)
     _REFERENCE.backup_ascent(TensorList(params), g, TensorList(backups), sc, hyper,
                              backup=backup)
 
@@ -249,7 +249,7 @@ def _reference_update(params: list[Tensor], grads: list[Tensor], backups: list[T
     bucket: the final sums, the derived scalars, then the fused SGD step from theta_0."""
     points, theta0, g = TensorList(params), TensorList(backups), TensorList(grads)
     _REFERENCE.final_sums(points, theta0, g, sc[B.SUMS], accumulate=False)
-    C.update_scalars(sc, check=True)
+    coefficients.update_scalars(sc, check=True)
     _REFERENCE.sgd_update(points, points, theta0, g, None if bufs is None else TensorList(bufs),
                           sc, hyper, weight_decay=weight_decay, momentum=bufs is not None,
                           nesterov=nesterov, maximize=False, init_bufs=init_bufs)

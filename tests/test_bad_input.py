@@ -18,7 +18,7 @@ from torch import nn
 
 from conftest import authors_step, closure_step, criterion, make_batches, make_mlp, params_of
 from xsam_fast import XSAM
-from xsam_fast import coefficients as C
+from xsam_fast import coefficients
 from xsam_fast.backends import backend_names
 from xsam_fast.compat import XSAM as CompatXSAM
 
@@ -71,9 +71,9 @@ def test_angle_clamps_cosine_above_one():
     # ||g|| = 2, ||d|| = 1, <d, g> a hair above 2: the unclamped cosine is > 1
     sums = torch.tensor([4.0, 1.0, 2.0 * (1 + 4e-16)], dtype=torch.float64)
     assert float(sums[2] / (sums[0].sqrt() * sums[1].sqrt())) > 1
-    psi, ng, nd = C.angle(sums, 0.0)
+    psi, ng, nd = coefficients.angle(sums, 0.0)
     assert float(psi) == 0.0 and float(ng) == 2.0 and float(nd) == 1.0
-    psi, _, _ = C.angle(torch.tensor([4.0, 1.0, -2.0 * (1 + 4e-16)], dtype=torch.float64), 0.0)
+    psi, _, _ = coefficients.angle(torch.tensor([4.0, 1.0, -2.0 * (1 + 4e-16)], dtype=torch.float64), 0.0)
     assert float(psi) == pytest.approx(math.pi, abs=0)
 
 

@@ -1,4 +1,4 @@
-"""An independent float64 re-derivation of one XSAM step, written from XSAM_MATH.md.
+"""An independent float64 re-derivation of one XSAM step, written from docs/algorithm.md.
 
 Nothing here imports ``xsam_fast``: the point is a second, deliberately plain
 implementation (one tensor at a time, scalars as Python floats, the base
