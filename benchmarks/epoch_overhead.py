@@ -194,33 +194,41 @@ def agreement(curves: list[list[tuple[float, float]]]) -> dict[str, dict[str, An
     return compare(records)
 
 
-def search_passes(runners: list[Runner]) -> dict[str, float]:
-    """Mean forward passes per search of each searching method's timed run."""
+def search_stats(runners: list[Runner]) -> dict[str, dict[str, float]]:
+    """Per searching method of the timed run: mean forward passes and mean wall time of
+    its searches (the warm-up's search, which pays one-time costs, left out)."""
     out = {}
     for r in runners:
-        if isinstance(r.opt, XSAM) and r.opt.search_history:
-            out[r.name] = statistics.fmean(h["forwards"] for h in r.opt.search_history)
+        history = r.opt.search_history[1:] if isinstance(r.opt, XSAM) else []
+        if history:
+            out[r.name] = dict(passes=statistics.fmean(h["forwards"] for h in history),
+                               time_s=statistics.fmean(h["time_s"] for h in history))
     return out
 
 
+def _extra(o: dict[str, float]) -> str:
+    return (f"{o['extra_pct']:+.2f}% ({100 * (o['ratio_min'] - 1):+.2f}.."
+            f"{100 * (o['ratio_max'] - 1):+.2f})")
+
+
 def table(wall: dict[str, dict[str, float]], cpu: dict[str, dict[str, float]],
-          passes: dict[str, float], agree: dict[str, dict[str, Any]]) -> str:
-    lines = ["| method | wall s/epoch (median) | wall vs SAM (median, min..max) | CPU s/epoch "
-             "(median) | CPU vs SAM (median, min..max) | forward passes per search | "
-             "alpha* = grid's (replayed curves) |",
-             "|---|---|---|---|---|---|---|"]
+          searches: dict[str, dict[str, float]], agree: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per method, epoch times and their paired ratio to SAM's, the search's
+    passes and its own time as a share of SAM's epoch, agreement with the grid."""
+    lines = ["| method | wall s/epoch | wall vs SAM | CPU s/epoch | CPU vs SAM | forward passes "
+             "per search | search time / SAM epoch | alpha* = grid's (replayed curves) |",
+             "|---|---|---|---|---|---|---|---|"]
     for m in wall:
-        w, c = wall[m], cpu[m]
-        strategy = METHODS[m]
+        strategy, search = METHODS[m], searches.get(m)
         agree_cell = "-"
         if strategy is not None and strategy in agree:
             a = agree[strategy]
             agree_cell = f"{100 * a['exact']:.1f}% ({a['n']} curves)"
-        lines.append(
-            f"| {m} | {w['median_s']:.2f} | {w['extra_pct']:+.2f}% ({100 * (w['ratio_min'] - 1):+.2f}"
-            f"..{100 * (w['ratio_max'] - 1):+.2f}) | {c['median_s']:.2f} | {c['extra_pct']:+.2f}% "
-            f"({100 * (c['ratio_min'] - 1):+.2f}..{100 * (c['ratio_max'] - 1):+.2f}) | "
-            f"{passes.get(m, 0):.1f} | {agree_cell} |")
+        share = "-" if search is None else f"{100 * search['time_s'] / wall['SAM']['median_s']:.2f}%"
+        passes = "-" if search is None else f"{search['passes']:.1f}"
+        lines.append(f"| {m} | {wall[m]['median_s']:.2f} | {_extra(wall[m])} | "
+                     f"{cpu[m]['median_s']:.2f} | {_extra(cpu[m])} | {passes} | {share} | "
+                     f"{agree_cell} |")
     return "\n".join(lines)
 
 
@@ -253,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     curves += collect_curves(args.width, data, args.curves)
     wall, cpu = overhead(epochs, "wall_s"), overhead(epochs, "cpu_s")
     agree = agreement(curves)
-    md = table(wall, cpu, search_passes(runners), agree)
+    md = table(wall, cpu, search_stats(runners), agree)
     params = sum(p.numel() for p in runners[0].model.parameters())
     header = (f"{started:%Y-%m-%d %H:%M} UTC; {machine()}; {source()}; epoch = {args.batches} "
               f"batches of {args.bs} synthetic 3x32x32 images; CNN width {args.width} "
@@ -261,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{start_load} at the start, {end_load} at the end")
     print(header)
     print(md)
+    print("epoch times: medians over rounds; vs SAM: median (min..max) over rounds of the ratio to "
+          "SAM's epoch in the same round; search time: the searches' own wall time")
     print("strategies replayed on the grid curves (passes, exact agreement, within one grid step):")
     for s, a in agree.items():
         print(f"  {s}: {a['passes_mean']:.1f} passes, {100 * a['exact']:.1f}% exact, "
