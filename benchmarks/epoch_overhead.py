@@ -1,7 +1,7 @@
 """XSAM's wall time per epoch over SAM's, in the paper's setting: a CIFAR-sized epoch, alpha
 searched once per epoch.
 
-    python -m benchmarks.epoch_overhead            # 391 batches of 128, 3 rounds (~6 min, 1 core)
+    python -m benchmarks.epoch_overhead            # 391 batches of 128, 10 rounds (~5 min, 1 core)
     python -m benchmarks.epoch_overhead --quick    # a smoke run: 6 batches, 2 rounds
 
 An epoch is 391 mini-batches of 128 synthetic 3x32x32 images (a CIFAR-10
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=391, help="batches per epoch")
     parser.add_argument("--bs", type=int, default=128, help="images per batch")
     parser.add_argument("--width", type=int, default=16, help="CNN width (channels)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed epochs per method")
+    parser.add_argument("--rounds", type=int, default=10, help="timed epochs per method")
     parser.add_argument("--curves", type=int, default=100,
                         help="extra grid curves for the agreement of the fast strategies")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
