@@ -70,3 +70,23 @@ def test_augmented_batches_are_reproducible_per_seed(channels_last):
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (32, 3, 32, 32)
     assert a.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_an_epoch_of_augmented_batches_follows_the_run_generator():
+    from xsam_fast.train.data import TensorBatches
+
+    x, y = _images(40), torch.arange(40) % 10
+    batches = TensorBatches(x, y, 16, shuffle=True,
+                            transform=ImageTransform(MEAN, STD, augment=True, cutout=8))
+
+    def epoch(seed):
+        return [b for b in batches.epoch(torch.Generator().manual_seed(seed))]
+
+    a, b, c = epoch(3), epoch(3), epoch(4)
+    assert [len(t) for t, _ in a] == [16, 16, 8]
+    assert all(torch.equal(p, q) and torch.equal(s, t) for (p, s), (q, t) in zip(a, b))
+    assert not all(torch.equal(p, q) for (p, _), (q, _) in zip(a, c))
+    state = torch.get_rng_state()
+    plain = TensorBatches(x, y, 16, shuffle=False, transform=ImageTransform(MEAN, STD))
+    list(plain.epoch(None))  # evaluation: no draw from the global generator
+    assert torch.equal(state, torch.get_rng_state())

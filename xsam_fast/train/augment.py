@@ -5,13 +5,14 @@ batch the model sees: optionally a random crop with zero padding, a random
 horizontal flip and Cutout (the authors' CIFAR pipeline: crop with padding 4,
 flip, normalise, then Cutout of a 16x16 square with probability 0.5), then
 per-channel normalisation, optionally in channels-last memory format. The random
-draws (a few numbers per image) come from the run's CPU generator, so a seed
-gives the same augmentation on every device; the pixel work runs where the
-batch is.
+draws (a few numbers per image) come from a generator on the batch's device
+(:func:`device_generator`, seeded from the run's CPU generator), so nothing is
+copied between host and device per batch; a seed fixes the augmentation on a
+given device type.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,8 @@ class ImageTransform:
     cutout: int = 0
     cutout_p: float = 0.5
     channels_last: bool = False
+    _constants_by_device: dict[torch.device, tuple[Tensor, Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = images
@@ -43,8 +46,7 @@ class ImageTransform:
             x = random_crop(x, self.crop_padding, generator)
         if self.augment and self.flip:
             x = random_flip(x, generator)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        mean, std = self._constants(x.device)
         x = (x.float() / 255.0 - mean) / std
         if self.augment and self.cutout > 0:
             x = cutout(x, self.cutout, self.cutout_p, generator)
@@ -52,10 +54,25 @@ class ImageTransform:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _constants(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """mean and std as (1, C, 1, 1) tensors on ``device``, made once per device."""
+        cache = self._constants_by_device
+        if device not in cache:
+            mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1)
+                         for v in (self.mean, self.std))
+            cache[device] = (mean, std)
+        return cache[device]
+
+
+def device_generator(device: torch.device, generator: torch.Generator | None) -> torch.Generator:
+    """A generator on ``device`` seeded by one draw from ``generator`` (a CPU generator)."""
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
 
 def _draw(high: int, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """``n`` integers uniform in [0, high), drawn on the CPU, returned on ``device``."""
-    return torch.randint(0, high, (n,), generator=generator).to(device)
+    """``n`` integers uniform in [0, high) on ``device`` (``generator`` lives there)."""
+    return torch.randint(0, high, (n,), generator=generator, device=device)
 
 
 def random_crop(images: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
@@ -82,7 +99,7 @@ def cutout(images: Tensor, size: int, p: float, generator: torch.Generator | Non
     """With probability ``p`` per image, zero the ``size`` x ``size`` square centred on a
     uniformly drawn pixel (clipped at the border), as the authors' Cutout does."""
     b, _, h, w = images.shape
-    apply = (torch.rand(b, generator=generator) < p).to(images.device)
+    apply = torch.rand(b, generator=generator, device=images.device) < p
     cy, cx = _draw(h, b, generator, images.device), _draw(w, b, generator, images.device)
     ys = torch.arange(h, device=images.device)[None, :]
     xs = torch.arange(w, device=images.device)[None, :]

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from . import cifar
-from .augment import ImageTransform
+from .augment import ImageTransform, device_generator
 from .errors import DatasetUnavailable
 from .noise import symmetric_label_noise
 
@@ -78,8 +78,10 @@ class TensorBatches:
 
     def epoch(self, generator: torch.Generator | None = None) -> Iterator[Batch]:
         n = len(self.targets)
-        order = (torch.randperm(n, generator=generator).to(self.targets.device)
-                 if self.shuffle else None)
+        device = self.targets.device
+        order = torch.randperm(n, generator=generator).to(device) if self.shuffle else None
+        augment_rng = (device_generator(device, generator)
+                       if self.transform is not None and generator is not None else None)
         for start in range(0, n, self.batch_size):
             if order is None:
                 x = self.inputs[start:start + self.batch_size]
@@ -87,7 +89,7 @@ class TensorBatches:
             else:
                 idx = order[start:start + self.batch_size]
                 x, y = self.inputs[idx], self.targets[idx]
-            yield (x if self.transform is None else self.transform(x, generator)), y
+            yield (x if self.transform is None else self.transform(x, augment_rng)), y
 
 
 def load_dataset(name: str, *, batch_size: int, split_seed: int = 0, data_dir: str = "data",
