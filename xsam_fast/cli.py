@@ -88,9 +88,9 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                            "XSAM (alpha searched on the first batch of every epoch) under the same "
                            "seeds, epochs and cosine learning-rate schedule; print test accuracy "
                            "(mean ± std over seeds), the paired differences between methods with "
-                           "95%% intervals, XSAM's alpha* per epoch and time per epoch; write a "
+                           "95% intervals, XSAM's alpha* per epoch and time per epoch; write a "
                            "log, a CSV, a summary and a plot to --out. Default: a small CNN on "
-                           "scikit-learn's digits with 40%% of the training labels made wrong."),
+                           "scikit-learn's digits with 40% of the training labels made wrong."),
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="the XSAM paper's recipe (ResNet-18, 200 epochs, ...; see the README); "
