@@ -59,7 +59,7 @@ def diagnose_training(model: nn.Module, epoch_batches: Callable[[int], Iterable[
     opt = XSAM(model.parameters(), model=model, **xsam_kwargs)
     records: list[dict[str, Any]] = []
     opt.register_search_hook(lambda _opt, record: records.append(record))
-    logger = SearchLogger(log_path) if log_path is not None else None
+    logger = SearchLogger(log_path, append=False) if log_path is not None else None  # a fresh run
     if logger is not None:
         opt.register_search_hook(logger)
     rows = []

@@ -4,7 +4,8 @@ Attach a :class:`SearchLogger` to an optimizer; every search appends one line
 ``{"kind": "search", "step": ..., "alpha": ..., "curve": [[alpha, loss], ...],
 "psi": ..., "grad_norm": ..., "d_norm": ..., "strategy": ..., "evaluations": ...,
 "forwards": ..., "time_s": ..., **context}``, flushed at once (an interrupted run
-leaves a readable log)::
+leaves a readable log). An existing log is appended to, so a resumed run keeps
+its earlier searches; ``SearchLogger(path, append=False)`` starts afresh::
 
     logger = SearchLogger("runs/search.jsonl", run="xsam-seed0")
     opt.register_search_hook(logger)
@@ -20,6 +21,8 @@ import json
 import os
 from typing import Any
 
+from .jsonl import JsonLinesWriter, read_jsonl
+
 #: fields of every search record (besides the logger's context)
 FIELDS = ("step", "alpha", "curve", "psi", "grad_norm", "d_norm", "strategy", "evaluations",
           "forwards", "time_s")
@@ -28,25 +31,23 @@ FIELDS = ("step", "alpha", "curve", "psi", "grad_norm", "d_norm", "strategy", "e
 class SearchLogger:
     """A search hook (``opt.register_search_hook(logger)``) that appends records to ``path``.
 
-    ``path`` is replaced when the logger is created (``append=True`` keeps it).
+    An existing ``path`` is appended to (``append=False`` replaces it).
     ``context`` (a dict, also set from the keyword arguments) is merged into
     every record: put the epoch or the run's name there.
     """
 
-    def __init__(self, path: str | os.PathLike, *, append: bool = False, **context: Any) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.path = os.fspath(path)
+    def __init__(self, path: str | os.PathLike, *, append: bool = True, **context: Any) -> None:
+        self._writer = JsonLinesWriter(path, append=append)
+        self.path = self._writer.path
         self.context: dict[str, Any] = dict(context)
-        self._file = open(self.path, "a" if append else "w", encoding="utf-8")
 
     def __call__(self, optimizer: Any, record: dict[str, Any]) -> None:
         line = {"kind": "search", **self.context, **record}
         line["curve"] = [[float(a), float(loss)] for a, loss in record["curve"]]
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
+        self._writer.write(line)
 
     def close(self) -> None:
-        self._file.close()
+        self._writer.close()
 
     def __enter__(self) -> "SearchLogger":
         return self
@@ -62,17 +63,7 @@ def read_search_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     records (``"kind": "search"``) can be read too. Raises ``ValueError`` on a
     line that is not JSON or when there is no search record.
     """
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not a JSON line ({exc})") from exc
-            if obj.get("kind") == "search":
-                records.append(obj)
+    records = [obj for obj in read_jsonl(path) if obj.get("kind") == "search"]
     if not records:
         raise ValueError(f"{path}: no search records (written by xsam_fast.searchlog.SearchLogger?)")
     return records

@@ -10,33 +10,33 @@ fields as a flat table for spreadsheets.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from typing import Any, Iterable
 
+from ..jsonl import JsonLinesWriter, read_jsonl
+
 #: scalar fields of an epoch record, in CSV column order
 CSV_FIELDS = ("epoch", "method", "seed", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-              "alpha", "psi", "epoch_time_s")
+              "alpha", "psi", "epoch_time_s", "images_per_s", "skipped_steps", "steps")
 
 
 class LogWriter:
-    """Append records to a fresh JSON Lines log at ``path`` (an old one is replaced)."""
+    """A fresh JSON Lines log at ``path``, its config line first.
+
+    The caller decides whether an existing log may be replaced (the command
+    refuses unless ``--overwrite``); this class replaces it.
+    """
 
     def __init__(self, path: str | os.PathLike, config: dict[str, Any]) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.path = os.fspath(path)
-        self._file = open(self.path, "w", encoding="utf-8")
-        self._write({"kind": "config", **config})
+        self._writer = JsonLinesWriter(path, append=False)
+        self.path = self._writer.path
+        self._writer.write({"kind": "config", **config})
 
     def epoch(self, record: dict[str, Any]) -> None:
-        self._write({"kind": "epoch", **record})
-
-    def _write(self, obj: dict[str, Any]) -> None:
-        self._file.write(json.dumps(obj) + "\n")
-        self._file.flush()
+        self._writer.write({"kind": "epoch", **record})
 
     def close(self) -> None:
-        self._file.close()
+        self._writer.close()
 
     def __enter__(self) -> "LogWriter":
         return self
@@ -49,19 +49,12 @@ def read_log(path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, An
     """``(config, epoch records)`` from a log written by :class:`LogWriter`."""
     config: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not a JSON line ({exc})") from exc
-            kind = obj.pop("kind", None)
-            if kind == "config":
-                config = obj
-            elif kind == "epoch":
-                records.append(obj)
+    for obj in read_jsonl(path):
+        kind = obj.pop("kind", None)
+        if kind == "config":
+            config = obj
+        elif kind == "epoch":
+            records.append(obj)
     if not records:
         raise ValueError(f"{path}: no epoch records (is it a log written by `xsam-fast train`?)")
     return config, records

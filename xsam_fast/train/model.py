@@ -1,13 +1,20 @@
-"""The small CNN of the training job.
+"""The models of the training job, by name: the small CNN and ResNet-18.
 
-Three 3x3 conv + BatchNorm + ReLU blocks (max-pool after the second), global
-average pooling and a linear classifier; any input size. BatchNorm is there on
-purpose: XSAM's extra forward passes (ascent, final gradient, alpha search)
-must not move its running statistics, so the job exercises that rule.
+``smallcnn``: three 3x3 conv + BatchNorm + ReLU blocks (max-pool after the
+second), global average pooling and a linear classifier; any input size.
+BatchNorm is there on purpose: XSAM's extra forward passes (ascent, final
+gradient, alpha search) must not move its running statistics, so the job
+exercises that rule. ``resnet18``: :class:`~.resnet.ResNet18`, the authors'
+CIFAR network.
 """
 from __future__ import annotations
 
 from torch import Tensor, nn
+
+from .resnet import ResNet18
+
+#: model name -> default width (channels of the first layer)
+MODELS = {"smallcnn": 32, "resnet18": 64}
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:
@@ -26,3 +33,12 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+def build_model(name: str, in_channels: int, num_classes: int, width: int | None = None) -> nn.Module:
+    """The model ``name`` (a key of :data:`MODELS`); ``width`` None means its default."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    width = MODELS[name] if width is None else width
+    cls = SmallCNN if name == "smallcnn" else ResNet18
+    return cls(in_channels, num_classes, width)

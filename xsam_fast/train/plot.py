@@ -1,9 +1,11 @@
 """Figures of a training job, drawn from its log file alone.
 
-Three panels: test accuracy per epoch (mean over seeds, one line per method,
-band = min..max over seeds); XSAM's alpha* per epoch (one line per seed); the
-last search curve of each seed (loss at distance ``rho_max`` versus alpha,
-chosen alpha marked). ``xsam-fast plot LOG`` redraws it from a saved log.
+Four panels: test accuracy per epoch (mean over seeds, one line per method,
+band = min..max over seeds); the paired differences of final test accuracy
+(XSAM - SAM, SAM - SGD: one dot per seed, the mean with its 95 % t interval);
+XSAM's alpha* per epoch (one line per seed); the last search curve of each
+seed (loss at distance ``rho_max`` versus alpha, chosen alpha marked).
+``xsam-fast plot LOG`` redraws it from a saved log.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from .log import read_log
+from .report import COMPARISONS, last_epochs, paired_differences
 
 
 def plot_log(log_path: str | os.PathLike, png_path: str | os.PathLike) -> str:
@@ -22,12 +25,14 @@ def plot_log(log_path: str | os.PathLike, png_path: str | os.PathLike) -> str:
     import matplotlib.pyplot as plt
 
     config, records = read_log(log_path)
-    fig, (ax_acc, ax_alpha, ax_curve) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, ((ax_acc, ax_diff), (ax_alpha, ax_curve)) = plt.subplots(2, 2, figsize=(12, 8.4))
     _accuracy(ax_acc, records)
+    _differences(ax_diff, records)
     _alphas(ax_alpha, records, config)
     _curves(ax_curve, records, config)
     title = f"{config.get('dataset', '?')}: " + ", ".join(
-        f"{k}={config[k]}" for k in ("epochs", "bs", "lr", "rho", "rho_max") if k in config)
+        f"{k}={config[k]}" for k in ("model", "label_noise", "epochs", "bs", "lr", "rho", "rho_max")
+        if k in config)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
@@ -52,6 +57,31 @@ def _accuracy(ax: Any, records: list[dict[str, Any]]) -> None:
         ax.set_ylim(max(0.0, min(lows) - 1.0), 100.2)
     ax.grid(alpha=0.3)
     ax.legend()
+
+
+def _differences(ax: Any, records: list[dict[str, Any]]) -> None:
+    diffs = paired_differences(records)
+    ax.set(ylabel="difference of final test accuracy (pp)",
+           title="paired differences over seeds (mean, 95% t interval)")
+    if not diffs:
+        _empty(ax, "needs two of the methods " + ", ".join(f"{a}/{b}" for a, b in COMPARISONS))
+        return
+    for i, d in enumerate(diffs):
+        acc_a, acc_b = last_epochs(records, d.a), last_epochs(records, d.b)
+        per_seed = [100 * (acc_a[s]["test_acc"] - acc_b[s]["test_acc"])
+                    for s in sorted(set(acc_a) & set(acc_b))]
+        ax.plot([i] * len(per_seed), per_seed, "o", color="grey", alpha=0.5, ms=4)
+        if d.ci_low is not None:
+            ax.errorbar([i + 0.15], [d.mean], yerr=[[d.mean - d.ci_low], [d.ci_high - d.mean]],
+                        fmt="D", color="C3", capsize=6, label="mean, 95% interval" if i == 0 else None)
+        else:
+            ax.plot([i + 0.15], [d.mean], "D", color="C3")
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xticks(range(len(diffs)), [f"{d.a.upper()} - {d.b.upper()}" for d in diffs])
+    ax.set_xlim(-0.6, len(diffs) - 0.4)
+    ax.grid(alpha=0.3, axis="y")
+    if any(d.ci_low is not None for d in diffs):
+        ax.legend(fontsize=8)
 
 
 def _alphas(ax: Any, records: list[dict[str, Any]], config: dict[str, Any]) -> None:
