@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.interval_tradeoff import load, machine, source  # noqa: E402
+from benchmarks.machine import describe, load_average, machine_info  # noqa: E402
 from benchmarks.search_eval import compare  # noqa: E402
 from xsam_fast import XSAM  # noqa: E402
 from xsam_fast.search import STRATEGIES  # noqa: E402
@@ -252,10 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     runners = [Runner(name, args.width) for name in METHODS]
     for runner in runners:  # untimed warm-up: thread pools, allocator, backend set-up
         runner.epoch(data, 2)
-    start_load = load()
+    start_load = load_average()
     started = datetime.datetime.now(datetime.timezone.utc)
     epochs = timed_rounds(runners, data, args.batches, args.rounds, print)
-    end_load = load()
+    end_load = load_average()
     grid = next(r for r in runners if r.name == "XSAM grid")
     curves = [list(map(tuple, h["curve"])) for h in grid.opt.search_history[1:]]  # [0]: warm-up
     curves += collect_curves(args.width, data, args.curves)
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     agree = agreement(curves)
     md = table(wall, cpu, search_stats(runners), agree)
     params = sum(p.numel() for p in runners[0].model.parameters())
-    header = (f"{started:%Y-%m-%d %H:%M} UTC; {machine()}; {source()}; epoch = {args.batches} "
+    header = (f"{started:%Y-%m-%d %H:%M} UTC; {describe(machine_info(torch.device('cpu')))}; epoch = {args.batches} "
               f"batches of {args.bs} synthetic 3x32x32 images; CNN width {args.width} "
               f"({params} parameters); {args.rounds} rounds; load average (1/5/15 min) "
               f"{start_load} at the start, {end_load} at the end")

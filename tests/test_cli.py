@@ -19,7 +19,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from xsam_fast import coefficients as C  # noqa: E402
+from xsam_fast import coefficients  # noqa: E402
 from xsam_fast.cli import main  # noqa: E402
 from xsam_fast.train.log import CSV_FIELDS, read_log  # noqa: E402
 
@@ -111,7 +111,7 @@ def test_train_writes_log_csv_and_png(trained):
 
 def test_alpha_values_are_on_the_grid(trained):
     _, records = read_log(os.path.join(trained[2], "log.jsonl"))
-    grid = C.alpha_grid(ALPHA_MAX, ALPHA_DELTA)
+    grid = coefficients.alpha_grid(ALPHA_MAX, ALPHA_DELTA)
     for r in records:
         if r["method"] == "sgd":
             assert r["alpha"] is None and r["search_curve"] is None
