@@ -156,8 +156,10 @@ def test_tiny_training_job(installed):
         "xsam-fast", "train", "--epochs", "1", "--seeds", "1", "--bs", "256", "--width", "4",
         "--alpha_max", "1", "--alpha_delta", "0.25", "--threads", "1", "--no_progress",
         "--out", str(out_dir)), "xsam-fast train")
-    methods = {line.split("|")[1].strip() for line in done.stdout.splitlines()
-               if line.startswith("| ") and not line.startswith("| method")}
+    lines = done.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method")) + 2
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    methods = {line.split("|")[1].strip() for line in lines[start:end]}  # the results table
     assert methods == {"SGD", "SAM", "XSAM"}, done.stdout
     for name in ("log.jsonl", "metrics.csv", "summary.json", "training.png"):
         assert (out_dir / name).stat().st_size > 0, name
