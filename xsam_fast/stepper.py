@@ -188,6 +188,7 @@ class Stepper:
             with b.guard():
                 b.kernels.backup_ascent(b.params, b.grads, b.backups, self.sc(b),
                                         b.hyper.tensor, backup=backup, eta=b.eta)
+            b.grads = None  # the next backward pass must be free to release them
         self.ascents += 1
 
     def final_sums(self, plan: StepPlan) -> None:
