@@ -16,6 +16,7 @@ never fails the install: the package then reports that backend unavailable,
 with the reason (``xsam_fast.backend_status()``). The version is
 ``xsam_fast.__version__`` (read by pyproject.toml).
 """
+
 from __future__ import annotations
 
 import glob
@@ -53,8 +54,10 @@ def _use_ninja() -> bool:
     if shutil.which("ninja") is None:
         scripts = sysconfig.get_path("scripts")
         if shutil.which("ninja", path=scripts) is None:
-            _say("WARNING: ninja not found (pip install ninja): compiling one file at a time, "
-                 "MAX_JOBS is ignored")
+            _say(
+                "WARNING: ninja not found (pip install ninja): compiling one file at a time, "
+                "MAX_JOBS is ignored"
+            )
             return False
         os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
     return True
@@ -79,8 +82,10 @@ def _extensions():
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:
-        _say("torch is not importable at build time (build isolation?); "
-             "building without the C++ extension")
+        _say(
+            "torch is not importable at build time (build isolation?); "
+            "building without the C++ extension"
+        )
         return [], {}
 
     # no -std: torch adds the one its headers need; no-math-errno lets sqrt vectorise;
@@ -89,24 +94,37 @@ def _extensions():
     ext_modules = []
     cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if cpu_sources:
-        ext_modules.append(CppExtension("xsam_fast._C", cpu_sources, extra_compile_args=cxx,
-                                        extra_link_args=["-fopenmp"]))
+        ext_modules.append(
+            CppExtension(
+                "xsam_fast._C", cpu_sources, extra_compile_args=cxx, extra_link_args=["-fopenmp"]
+            )
+        )
     # CUDA: the kernels in one translation unit (csrc/cuda/xsam_kernels.cu) plus the
     # pybind11 bindings (csrc/cuda/bindings.cpp). No -std flag: torch adds the one its
     # headers need. No --use_fast_math: the kernels must round like torch (IEEE div
     # and sqrt in Adam, no flush of denormals) to match the reference backend.
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))
-                          + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    cuda_sources = sorted(
+        glob.glob(os.path.join("csrc", "cuda", "*.cu"))
+        + glob.glob(os.path.join("csrc", "cuda", "*.cpp"))
+    )
     no_cuda = _cuda_unbuildable_reason(torch, CUDA_HOME)
     if cuda_sources and not no_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
-        ext_modules.append(CUDAExtension(
-            "xsam_fast._C_cuda", cuda_sources,
-            extra_compile_args={"cxx": ["-O3", "-g0"],
-                                "nvcc": ["-O3", "-lineinfo", "-fmad=false"]}))
+        ext_modules.append(
+            CUDAExtension(
+                "xsam_fast._C_cuda",
+                cuda_sources,
+                extra_compile_args={
+                    "cxx": ["-O3", "-g0"],
+                    "nvcc": ["-O3", "-lineinfo", "-fmad=false"],
+                },
+            )
+        )
     elif cuda_sources:
-        _say(f"{'WARNING: FORCE_CUDA=1 but ' if _flag('FORCE_CUDA') else ''}not building the "
-             f"CUDA extension: {no_cuda}")
+        _say(
+            f"{'WARNING: FORCE_CUDA=1 but ' if _flag('FORCE_CUDA') else ''}not building the "
+            f"CUDA extension: {no_cuda}"
+        )
 
     class OptionalBuildExtension(BuildExtension):
         """Builds each extension if it can; a failure is reported, not fatal.
@@ -123,8 +141,10 @@ def _extensions():
             try:
                 super().build_extensions()
             except Exception as exc:  # no usable compiler: no extension at all
-                _say(f"WARNING: building the extensions failed ({exc}); the cpu "
-                     "and cuda backends will report themselves unavailable")
+                _say(
+                    f"WARNING: building the extensions failed ({exc}); the cpu "
+                    "and cuda backends will report themselves unavailable"
+                )
                 failed.extend(self.extensions)
             self.extensions = [e for e in self.extensions if e not in failed]
 
@@ -132,8 +152,10 @@ def _extensions():
             try:
                 super().build_extension(ext)
             except Exception as exc:  # the package works without it
-                _say(f"WARNING: building {ext.name} failed ({exc}); "
-                     "that backend will report itself unavailable")
+                _say(
+                    f"WARNING: building {ext.name} failed ({exc}); "
+                    "that backend will report itself unavailable"
+                )
                 self._failed.append(ext)
 
     return ext_modules, {"build_ext": OptionalBuildExtension.with_options(use_ninja=_use_ninja())}

@@ -44,6 +44,7 @@ and compute the update of ``docs/algorithm.md``:
 In all of them, ``rho`` is the radius of ONE ascent (the authors' convention; equal to
 xsam_fast's total ``rho`` for ``steps=1``, the case benchmarked).
 """
+
 from __future__ import annotations
 
 import functools
@@ -71,9 +72,16 @@ def _stacked_norm(tensors: list[Tensor]) -> Tensor:
 class _BaselineXSAM(torch.optim.Optimizer):
     """Shared constructor: XSAM hyper-parameters, then the base optimizer on the same groups."""
 
-    def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer] =
-                 torch.optim.SGD, *, rho: float = 0.15, alpha: float = 1.0, eps: float = 1e-12,
-                 **base_kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_optimizer: type[torch.optim.Optimizer] = torch.optim.SGD,
+        *,
+        rho: float = 0.15,
+        alpha: float = 1.0,
+        eps: float = 1e-12,
+        **base_kwargs: Any,
+    ) -> None:
         if rho < 0 or eps < 0 or not math.isfinite(alpha):
             raise ValueError("rho and eps must be >= 0 and alpha finite")
         super().__init__(params, dict(base_kwargs))
@@ -83,8 +91,9 @@ class _BaselineXSAM(torch.optim.Optimizer):
         self.alpha = float(alpha)
         self.eps = eps
 
-    def _make_base(self, cls: type[torch.optim.Optimizer],
-                   kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    def _make_base(
+        self, cls: type[torch.optim.Optimizer], kwargs: dict[str, Any]
+    ) -> torch.optim.Optimizer:
         return cls(self.param_groups, **kwargs)
 
     def _with_grad(self) -> list[Tensor]:
@@ -127,7 +136,7 @@ class AuthorsStyleXSAM(_BaselineXSAM):
             self.state[p]["v0"] = p.data - self.state[p]["data_0"]
         d_norm = _stacked_norm([self.state[p]["v0"] for p in params])
         for p in params:
-            self.state[p]["v0"] /= (d_norm + self.eps)
+            self.state[p]["v0"] /= d_norm + self.eps
         # v1: the normalised gradient, stored
         for p in params:
             self.state[p]["v1"] = p.grad / (grad_norm + self.eps)
@@ -158,8 +167,9 @@ class AuthorsStyleXSAM(_BaselineXSAM):
 class ForeachXSAM(_BaselineXSAM):
     """BASELINE: the same step with ``torch._foreach_*`` ops (see module docstring)."""
 
-    def _make_base(self, cls: type[torch.optim.Optimizer],
-                   kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    def _make_base(
+        self, cls: type[torch.optim.Optimizer], kwargs: dict[str, Any]
+    ) -> torch.optim.Optimizer:
         return cls(self.param_groups, **{"foreach": True, **kwargs})
 
     def _backups(self, params: list[Tensor]) -> list[Tensor]:
@@ -215,12 +225,14 @@ class ForeachXSAM(_BaselineXSAM):
         norm_g = self._norm(grads)
         torch._foreach_sub_(params, backups)  # the parameters now hold d
         norm_d = self._norm(params)
-        dot = torch.stack([torch.dot(d.reshape(-1), g.reshape(-1)).to(acc)
-                           for d, g in zip(params, grads)]).sum()
+        dot = torch.stack(
+            [torch.dot(d.reshape(-1), g.reshape(-1)).to(acc) for d, g in zip(params, grads)]
+        ).sum()
         sums = torch.stack([norm_g * norm_g, norm_d * norm_d, dot])
         psi, norm_g, norm_d = coefficients.angle(sums, self.eps)
-        c_d, c_g = coefficients.interpolation_coefficients(norm_g, self.alpha, psi, norm_g, norm_d,
-                                                self.eps).tolist()
+        c_d, c_g = coefficients.interpolation_coefficients(
+            norm_g, self.alpha, psi, norm_g, norm_d, self.eps
+        ).tolist()
         torch._foreach_mul_(grads, c_g)
         torch._foreach_add_(grads, params, alpha=c_d)  # grads now hold G
         torch._foreach_copy_(params, backups)  # back to theta_0
@@ -231,28 +243,53 @@ class ForeachXSAM(_BaselineXSAM):
 _REFERENCE = ReferenceBackend()
 
 
-def _reference_ascent(params: list[Tensor], grads: list[Tensor], backups: list[Tensor],
-                      sc: Tensor, hyper: Tensor, backup: bool) -> None:
+def _reference_ascent(
+    params: list[Tensor],
+    grads: list[Tensor],
+    backups: list[Tensor],
+    sc: Tensor,
+    hyper: Tensor,
+    backup: bool,
+) -> None:
     """The reference backend's ascent phase, as the optimizer runs it on one bucket:
     ``||g||^2``, the skip flag, then backup (if ``backup``) and ascent."""
     g = TensorList(grads)
-    _REFERENCE.sumsq(g, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+    _REFERENCE.sumsq(g, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
     coefficients.ascent_scalars(sc, first=True, check=True)
-    _REFERENCE.backup_ascent(TensorList(params), g, TensorList(backups), sc, hyper,
-                             backup=backup)
+    _REFERENCE.backup_ascent(TensorList(params), g, TensorList(backups), sc, hyper, backup=backup)
 
 
-def _reference_update(params: list[Tensor], grads: list[Tensor], backups: list[Tensor],
-                      bufs: list[Tensor] | None, sc: Tensor, hyper: Tensor, *,
-                      weight_decay: bool, nesterov: bool, init_bufs: bool) -> None:
+def _reference_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    backups: list[Tensor],
+    bufs: list[Tensor] | None,
+    sc: Tensor,
+    hyper: Tensor,
+    *,
+    weight_decay: bool,
+    nesterov: bool,
+    init_bufs: bool,
+) -> None:
     """The reference backend's update phase with SGD, as the optimizer runs it on one
     bucket: the final sums, the derived scalars, then the fused SGD step from theta_0."""
     points, theta0, g = TensorList(params), TensorList(backups), TensorList(grads)
     _REFERENCE.final_sums(points, theta0, g, sc[B.SUMS], accumulate=False)
     coefficients.update_scalars(sc, check=True)
-    _REFERENCE.sgd_update(points, points, theta0, g, None if bufs is None else TensorList(bufs),
-                          sc, hyper, weight_decay=weight_decay, momentum=bufs is not None,
-                          nesterov=nesterov, maximize=False, init_bufs=init_bufs)
+    _REFERENCE.sgd_update(
+        points,
+        points,
+        theta0,
+        g,
+        None if bufs is None else TensorList(bufs),
+        sc,
+        hyper,
+        weight_decay=weight_decay,
+        momentum=bufs is not None,
+        nesterov=nesterov,
+        maximize=False,
+        init_bufs=init_bufs,
+    )
 
 
 class CompiledXSAM(ForeachXSAM):
@@ -274,8 +311,12 @@ class CompiledXSAM(ForeachXSAM):
         scalars.refresh(self)  # alpha, eps, no clipping
         self._sc = scalars.on(device)
         self._hyper = Hyper(device)
-        for index, key in ((B.H_LR, "lr"), (B.H_WEIGHT_DECAY, "weight_decay"),
-                           (B.H_MOMENTUM, "momentum"), (B.H_DAMPENING, "dampening")):
+        for index, key in (
+            (B.H_LR, "lr"),
+            (B.H_WEIGHT_DECAY, "weight_decay"),
+            (B.H_MOMENTUM, "momentum"),
+            (B.H_DAMPENING, "dampening"),
+        ):
             self._hyper.set(index, group[key])
         self._hyper.set(B.H_RADIUS, self.rho)
         # fullgraph: a graph break would leave part of the step uncompiled, silently
@@ -309,9 +350,17 @@ class CompiledXSAM(ForeachXSAM):
             bufs = [state[p]["momentum_buffer"] for p in params]
         # the first update, which creates the buffers, runs once: not worth a compilation
         update = _reference_update if init_bufs else self._compiled_update
-        update(params, grads, backups, bufs, self._sc, self._hyper.tensor,
-               weight_decay=group["weight_decay"] != 0, nesterov=group["nesterov"],
-               init_bufs=init_bufs)
+        update(
+            params,
+            grads,
+            backups,
+            bufs,
+            self._sc,
+            self._hyper.tensor,
+            weight_decay=group["weight_decay"] != 0,
+            nesterov=group["nesterov"],
+            init_bufs=init_bufs,
+        )
         return self._sc[B.NORM_G].clone()
 
 

@@ -27,6 +27,7 @@ Outputs (``--out``, default ``results/bench``): ``step_<device>_<stamp>.csv`` (o
 row per measurement, with date, load and machine columns), ``.md`` (the printed
 table in Markdown) and ``.png`` (bars of ms per implementation, floors as lines).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,6 +62,7 @@ def _log(msg: str) -> None:
 
 # ------------------------------------------------------------------ timing loop
 
+
 @dataclass
 class _Running:
     impl: Impl
@@ -70,9 +72,18 @@ class _Running:
     mem_baseline: int = 0
 
 
-def run_case(impls: list[Impl], master: Tensors3, device: torch.device, probe: BandwidthProbe,
-             *, repeat: int, warmup: int, budget_s: float, interleave: bool,
-             progress: Callable[[str], None]) -> list[dict[str, Any]]:
+def run_case(
+    impls: list[Impl],
+    master: Tensors3,
+    device: torch.device,
+    probe: BandwidthProbe,
+    *,
+    repeat: int,
+    warmup: int,
+    budget_s: float,
+    interleave: bool,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
     """Time one step of each implementation (and the bandwidth probe) on one case.
 
     ``interleave``: all implementations are built first and timed round-robin,
@@ -100,11 +111,19 @@ def run_case(impls: list[Impl], master: Tensors3, device: torch.device, probe: B
         return _Running(impl, step, opt, [], base)
 
     def finish(run: _Running, probe_times: list[tuple[float, float]]) -> None:
-        results.append(dict(
-            impl=run.impl, times=run.times, probe_times=probe_times,
-            state_mb=state_bytes(run.opt) / 2**20,
-            peak_extra_mb=((torch.cuda.max_memory_allocated(device) - run.mem_baseline) / 2**20
-                           if cuda else None)))
+        results.append(
+            dict(
+                impl=run.impl,
+                times=run.times,
+                probe_times=probe_times,
+                state_mb=state_bytes(run.opt) / 2**20,
+                peak_extra_mb=(
+                    (torch.cuda.max_memory_allocated(device) - run.mem_baseline) / 2**20
+                    if cuda
+                    else None
+                ),
+            )
+        )
 
     def done(n_done: int, started: float, budget: float) -> bool:
         return n_done >= repeat or (n_done >= 3 and time.perf_counter() - started > budget)
@@ -118,8 +137,10 @@ def run_case(impls: list[Impl], master: Tensors3, device: torch.device, probe: B
             probe_times.append(probe.time_once())
             for run in runs:
                 run.times.append(timer(run.step))
-            progress(f"round {len(probe_times)}/{repeat}: " + ", ".join(
-                f"{r.impl.label} {r.times[-1] * 1e3:.2f} ms" for r in runs))
+            progress(
+                f"round {len(probe_times)}/{repeat}: "
+                + ", ".join(f"{r.impl.label} {r.times[-1] * 1e3:.2f} ms" for r in runs)
+            )
         if cuda:  # one peak for all: not per implementation
             progress("interleaved on CUDA: peak memory is the case's, not per implementation")
         for run in runs:
@@ -133,8 +154,9 @@ def run_case(impls: list[Impl], master: Tensors3, device: torch.device, probe: B
             started = time.perf_counter()
             while not done(len(run.times), started, budget_s):
                 run.times.append(timer(run.step))
-                progress(f"{impl.label} rep {len(run.times)}/{repeat}: "
-                         f"{run.times[-1] * 1e3:.2f} ms")
+                progress(
+                    f"{impl.label} rep {len(run.times)}/{repeat}: {run.times[-1] * 1e3:.2f} ms"
+                )
             finish(run, probe_times)
             del run
             gc.collect()
@@ -149,39 +171,89 @@ def run_case(impls: list[Impl], master: Tensors3, device: torch.device, probe: B
 # ------------------------------------------------------------------ rows and reports
 
 CSV_COLUMNS = [
-    *MACHINE_COLUMNS, "impl", "size", "dtype", "n_params", "n_tensors",
-    "warmup", "repeats", "median_ms", "p10_ms", "p90_ms", "floor_bytes", "gbps",
-    "copy_gbps", "floor_ms", "x_floor", "rmw_gbps", "floor_rmw_ms", "x_floor_rmw",
-    "speedup_vs_authors", "speedup_vs_foreach",
-    "state_mb", "peak_extra_mb", "nonfinite", "interleaved",
+    *MACHINE_COLUMNS,
+    "impl",
+    "size",
+    "dtype",
+    "n_params",
+    "n_tensors",
+    "warmup",
+    "repeats",
+    "median_ms",
+    "p10_ms",
+    "p90_ms",
+    "floor_bytes",
+    "gbps",
+    "copy_gbps",
+    "floor_ms",
+    "x_floor",
+    "rmw_gbps",
+    "floor_rmw_ms",
+    "x_floor_rmw",
+    "speedup_vs_authors",
+    "speedup_vs_foreach",
+    "state_mb",
+    "peak_extra_mb",
+    "nonfinite",
+    "interleaved",
 ]
 
 
-def make_row(info: dict[str, str], res: dict[str, Any], probe: BandwidthProbe, size: str,
-             dtype_name: str, n_tensors: int, n: int, floor_bytes: int,
-             extra: dict[str, Any]) -> dict[str, Any]:
+def make_row(
+    info: dict[str, str],
+    res: dict[str, Any],
+    probe: BandwidthProbe,
+    size: str,
+    dtype_name: str,
+    n_tensors: int,
+    n: int,
+    floor_bytes: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """One CSV row from :func:`run_case`'s result for one implementation."""
     times = res["times"]
     copy_bw, rmw_bw = probe.bandwidths(res["probe_times"])
     floor_s, floor_rmw_s = floor_bytes / copy_bw, floor_bytes / rmw_bw
     med, p10, p90 = spread(times)
-    return dict(info, impl=res["impl"].label, size=size, dtype=dtype_name, n_params=n,
-                n_tensors=n_tensors, repeats=len(times),
-                median_ms=med * 1e3, p10_ms=p10 * 1e3, p90_ms=p90 * 1e3,
-                floor_bytes=floor_bytes, gbps=floor_bytes / med / 1e9, copy_gbps=copy_bw / 1e9,
-                floor_ms=floor_s * 1e3, x_floor=med / floor_s, rmw_gbps=rmw_bw / 1e9,
-                floor_rmw_ms=floor_rmw_s * 1e3, x_floor_rmw=med / floor_rmw_s,
-                speedup_vs_authors=None, speedup_vs_foreach=None,
-                state_mb=res["state_mb"], peak_extra_mb=res["peak_extra_mb"], **extra)
+    return dict(
+        info,
+        impl=res["impl"].label,
+        size=size,
+        dtype=dtype_name,
+        n_params=n,
+        n_tensors=n_tensors,
+        repeats=len(times),
+        median_ms=med * 1e3,
+        p10_ms=p10 * 1e3,
+        p90_ms=p90 * 1e3,
+        floor_bytes=floor_bytes,
+        gbps=floor_bytes / med / 1e9,
+        copy_gbps=copy_bw / 1e9,
+        floor_ms=floor_s * 1e3,
+        x_floor=med / floor_s,
+        rmw_gbps=rmw_bw / 1e9,
+        floor_rmw_ms=floor_rmw_s * 1e3,
+        x_floor_rmw=med / floor_rmw_s,
+        speedup_vs_authors=None,
+        speedup_vs_foreach=None,
+        state_mb=res["state_mb"],
+        peak_extra_mb=res["peak_extra_mb"],
+        **extra,
+    )
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
     """Speed-ups over the authors-style and foreach rows of the same case, in place."""
     for r in rows:
-        for base, key in (("authors-style", "speedup_vs_authors"),
-                          ("foreach", "speedup_vs_foreach")):
-            ref = [x for x in rows
-                   if (x["impl"], x["size"], x["dtype"]) == (base, r["size"], r["dtype"])]
+        for base, key in (
+            ("authors-style", "speedup_vs_authors"),
+            ("foreach", "speedup_vs_foreach"),
+        ):
+            ref = [
+                x
+                for x in rows
+                if (x["impl"], x["size"], x["dtype"]) == (base, r["size"], r["dtype"])
+            ]
             if ref:
                 r[key] = ref[0]["median_ms"] / r["median_ms"]
 
@@ -192,18 +264,35 @@ def _speedup(value: float | None) -> str:
 
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Head and body of the printed table."""
-    head = ["implementation", "size", "dtype", "ms (p10-p90)", "GB/s", "x floor",
-            "x floor (add_)", "vs authors", "vs foreach", "extra MB"]
+    head = [
+        "implementation",
+        "size",
+        "dtype",
+        "ms (p10-p90)",
+        "GB/s",
+        "x floor",
+        "x floor (add_)",
+        "vs authors",
+        "vs foreach",
+        "extra MB",
+    ]
     body = []
     for r in rows:
         mem = float(r["peak_extra_mb"] if r["peak_extra_mb"] is not None else r["state_mb"])
-        body.append([
-            r["impl"], r["size"], r["dtype"],
-            f"{r['median_ms']:.2f} ({r['p10_ms']:.2f}-{r['p90_ms']:.2f})",
-            f"{r['gbps']:.1f}", f"{r['x_floor']:.2f}", f"{r['x_floor_rmw']:.2f}",
-            _speedup(r["speedup_vs_authors"]), _speedup(r["speedup_vs_foreach"]),
-            f"{mem:.1f}" if mem >= 1 else f"{mem:.3f}",
-        ])
+        body.append(
+            [
+                r["impl"],
+                r["size"],
+                r["dtype"],
+                f"{r['median_ms']:.2f} ({r['p10_ms']:.2f}-{r['p90_ms']:.2f})",
+                f"{r['gbps']:.1f}",
+                f"{r['x_floor']:.2f}",
+                f"{r['x_floor_rmw']:.2f}",
+                _speedup(r["speedup_vs_authors"]),
+                _speedup(r["speedup_vs_foreach"]),
+                f"{mem:.1f}" if mem >= 1 else f"{mem:.3f}",
+            ]
+        )
     return head, body
 
 
@@ -212,51 +301,90 @@ def panels(rows: list[dict[str, Any]]) -> list[report.Panel]:
     out = []
     for size, dtype in dict.fromkeys((r["size"], r["dtype"]) for r in rows):
         sub = [r for r in rows if (r["size"], r["dtype"]) == (size, dtype)]
-        out.append(report.Panel(
-            title=f"{size} ({sub[0]['n_params'] / 1e6:.3g}M params) {dtype}",
-            labels=[r["impl"] for r in sub], medians=[r["median_ms"] for r in sub],
-            p10s=[r["p10_ms"] for r in sub], p90s=[r["p90_ms"] for r in sub],
-            lines=[(sub[0]["floor_ms"], f"floor at copy bw {sub[0]['floor_ms']:.3g} ms", "--"),
-                   (sub[0]["floor_rmw_ms"], f"floor at add_ bw {sub[0]['floor_rmw_ms']:.3g} ms",
-                    ":")]))
+        out.append(
+            report.Panel(
+                title=f"{size} ({sub[0]['n_params'] / 1e6:.3g}M params) {dtype}",
+                labels=[r["impl"] for r in sub],
+                medians=[r["median_ms"] for r in sub],
+                p10s=[r["p10_ms"] for r in sub],
+                p90s=[r["p90_ms"] for r in sub],
+                lines=[
+                    (sub[0]["floor_ms"], f"floor at copy bw {sub[0]['floor_ms']:.3g} ms", "--"),
+                    (
+                        sub[0]["floor_rmw_ms"],
+                        f"floor at add_ bw {sub[0]['floor_rmw_ms']:.3g} ms",
+                        ":",
+                    ),
+                ],
+            )
+        )
     return out
 
 
 # ------------------------------------------------------------------ command line
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_step",
         description="Time the optimizer overhead of one XSAM step (first_step + second_step, "
-                    "fixed alpha) for every backend and the baselines, against the 56 B/param "
-                    "memory-bandwidth floor measured in the same run. With --host-overhead: "
-                    "the host time per step on tiny tensors (see --host-overhead --help).")
-    p.add_argument("--host-overhead", action="store_true",
-                   help="run the host-overhead benchmark (benchmarks.host_overhead) instead")
+        "fixed alpha) for every backend and the baselines, against the 56 B/param "
+        "memory-bandwidth floor measured in the same run. With --host-overhead: "
+        "the host time per step on tiny tensors (see --host-overhead --help).",
+    )
+    p.add_argument(
+        "--host-overhead",
+        action="store_true",
+        help="run the host-overhead benchmark (benchmarks.host_overhead) instead",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--sizes", help=f"comma list among {', '.join(SIZES)}. Without --sizes and "
-                   "--dtypes the device's default cases run (cpu: resnet18 fp32+bf16, 100M fp32; "
-                   "cuda: resnet18, 125M, 1B in fp32+bf16); with either, their cross product "
-                   "(missing one defaults to fp32 / resnet18)")
+    p.add_argument(
+        "--sizes",
+        help=f"comma list among {', '.join(SIZES)}. Without --sizes and "
+        "--dtypes the device's default cases run (cpu: resnet18 fp32+bf16, 100M fp32; "
+        "cuda: resnet18, 125M, 1B in fp32+bf16); with either, their cross product "
+        "(missing one defaults to fp32 / resnet18)",
+    )
     p.add_argument("--dtypes", help=f"comma list among {', '.join(DTYPES)}")
-    p.add_argument("--backends", help="comma list of xsam_fast backends and baselines "
-                   f"({', '.join(BASELINES)}); default: every available backend plus the "
-                   "baselines (compiled on cuda only)")
+    p.add_argument(
+        "--backends",
+        help="comma list of xsam_fast backends and baselines "
+        f"({', '.join(BASELINES)}); default: every available backend plus the "
+        "baselines (compiled on cuda only)",
+    )
     p.add_argument("--repeat", type=int, help="timed steps per case (default: cpu 15, cuda 50)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: cpu 2, cuda 5)")
-    p.add_argument("--budget-s", type=float, default=30.0,
-                   help="stop timing one implementation after this many seconds (>= 3 repeats)")
-    p.add_argument("--copy-mib", type=int, help="size of each copy-bandwidth buffer "
-                   "(default: cpu 256, cuda 1024)")
-    p.add_argument("--nonfinite", choices=["warn", "raise", "none"], default="warn",
-                   help="XSAM's nonfinite option (default 'warn', the package default)")
-    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
-                   help="time the implementations round-robin (all built at once) with the copy "
-                        "probe in every round; default on for cpu (shared, noisy machines), off "
-                        "for cuda (memory)")
-    p.add_argument("--compile-backend", default="inductor",
-                   help="torch.compile backend of the compiled baseline (default inductor; "
-                        "another one is labelled compiled:<backend>)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=30.0,
+        help="stop timing one implementation after this many seconds (>= 3 repeats)",
+    )
+    p.add_argument(
+        "--copy-mib",
+        type=int,
+        help="size of each copy-bandwidth buffer (default: cpu 256, cuda 1024)",
+    )
+    p.add_argument(
+        "--nonfinite",
+        choices=["warn", "raise", "none"],
+        default="warn",
+        help="XSAM's nonfinite option (default 'warn', the package default)",
+    )
+    p.add_argument(
+        "--interleave",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time the implementations round-robin (all built at once) with the copy "
+        "probe in every round; default on for cpu (shared, noisy machines), off "
+        "for cuda (memory)",
+    )
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled baseline (default inductor; "
+        "another one is labelled compiled:<backend>)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(report.RESULTS / "bench"), help="output folder")
     p.add_argument("--no-plot", action="store_true")
@@ -287,14 +415,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if repeat < 1 or warmup < 0:
         raise SystemExit("--repeat must be >= 1 and --warmup >= 0")
     cases = cases_from_args(args)
-    impls = resolve_impls(args.backends, args.nonfinite, DEFAULT_BASELINES[device.type], _log,
-                          args.compile_backend)
+    impls = resolve_impls(
+        args.backends, args.nonfinite, DEFAULT_BASELINES[device.type], _log, args.compile_backend
+    )
     if not impls:
         raise SystemExit("nothing to time")
     for impl in impls:
         if warmup < impl.min_warmup:
-            raise SystemExit(f"{impl.label} needs --warmup >= {impl.min_warmup} (it compiles in "
-                             "its first steps, which must not be timed)")
+            raise SystemExit(
+                f"{impl.label} needs --warmup >= {impl.min_warmup} (it compiles in "
+                "its first steps, which must not be timed)"
+            )
     info = machine_info(device)
     _log(f"xsam-fast bench_step on {describe(info)}")
     _log(f"timing: {', '.join(i.label for i in impls)}")
@@ -302,10 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     copy_mib = args.copy_mib if args.copy_mib is not None else (1024 if cuda else 256)
     probe = BandwidthProbe(device, copy_mib * 2**20)
     interleave = args.interleave if args.interleave is not None else not cuda
-    _log(f"floor = {FLOOR_ELEMENTS_PER_PARAM} elements/param at the copy bandwidth "
-         f"(dst.copy_(src), {copy_mib} MiB buffers, read+write; also dst.add_(src), "
-         f"2 reads + 1 write) measured in each case"
-         + (", interleaved with the steps" if interleave else " before each implementation"))
+    _log(
+        f"floor = {FLOOR_ELEMENTS_PER_PARAM} elements/param at the copy bandwidth "
+        f"(dst.copy_(src), {copy_mib} MiB buffers, read+write; also dst.add_(src), "
+        f"2 reads + 1 write) measured in each case"
+        + (", interleaved with the steps" if interleave else " before each implementation")
+    )
 
     rows: list[dict[str, Any]] = []
     for k, (size, dtype_name) in enumerate(cases, 1):
@@ -314,8 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = numel(shapes)
         floor_bytes = FLOOR_ELEMENTS_PER_PARAM * element_size(dtype) * n
         prefix = f"[{k}/{len(cases)}] {size} {dtype_name}"
-        _log(f"\n{prefix}: {n:,} parameters in {len(shapes)} tensors; floor traffic "
-             f"{floor_bytes / 1e6:.1f} MB per step")
+        _log(
+            f"\n{prefix}: {n:,} parameters in {len(shapes)} tensors; floor traffic "
+            f"{floor_bytes / 1e6:.1f} MB per step"
+        )
         runnable = []
         for impl in impls:
             ok, why = impl.supports(device, dtype)
@@ -326,48 +461,82 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not runnable:
             continue
         master = make_tensors(shapes, dtype, device, args.seed)
-        results = run_case(runnable, master, device, probe, repeat=repeat, warmup=warmup,
-                           budget_s=args.budget_s, interleave=interleave,
-                           progress=lambda msg, prefix=prefix: _log(f"  {prefix} {msg}"))
+        results = run_case(
+            runnable,
+            master,
+            device,
+            probe,
+            repeat=repeat,
+            warmup=warmup,
+            budget_s=args.budget_s,
+            interleave=interleave,
+            progress=lambda msg, prefix=prefix: _log(f"  {prefix} {msg}"),
+        )
         del master
         gc.collect()
         for res in results:
-            row = make_row(info, res, probe, size, dtype_name, len(shapes), n, floor_bytes,
-                           dict(warmup=warmup, nonfinite=args.nonfinite, interleaved=interleave))
+            row = make_row(
+                info,
+                res,
+                probe,
+                size,
+                dtype_name,
+                len(shapes),
+                n,
+                floor_bytes,
+                dict(warmup=warmup, nonfinite=args.nonfinite, interleaved=interleave),
+            )
             rows.append(row)
-            _log(f"{prefix} {row['impl']}: median {row['median_ms']:.2f} ms, copy "
-                 f"{row['copy_gbps']:.1f} GB/s, floor {row['floor_ms']:.2f} ms, "
-                 f"{row['x_floor']:.2f}x floor; add_ {row['rmw_gbps']:.1f} GB/s, "
-                 f"{row['x_floor_rmw']:.2f}x that floor")
+            _log(
+                f"{prefix} {row['impl']}: median {row['median_ms']:.2f} ms, copy "
+                f"{row['copy_gbps']:.1f} GB/s, floor {row['floor_ms']:.2f} ms, "
+                f"{row['x_floor']:.2f}x floor; add_ {row['rmw_gbps']:.1f} GB/s, "
+                f"{row['x_floor_rmw']:.2f}x that floor"
+            )
     del probe
     add_speedups(rows)
     copy_range, rmw_range = (
         (f"{min(r[k] for r in rows):.1f}-{max(r[k] for r in rows):.1f}" if rows else "n/a")
-        for k in ("copy_gbps", "rmw_gbps"))
+        for k in ("copy_gbps", "rmw_gbps")
+    )
 
     out = report.out_dir(args.out)
     stem = report.stem(out, f"step_{device.type}")
     head, body = table(rows)
-    title = (f"XSAM step optimizer overhead, {info['machine']}, torch {info['torch']}, "
-             f"{info['date']}")
-    floors = (f"copy bandwidth {copy_range} GB/s, add_ bandwidth {rmw_range} GB/s over the "
-              f"cases; floor = 14 elements/param (56 B fp32, 28 B 16-bit) at the bandwidth "
-              f"measured in the case")
+    title = (
+        f"XSAM step optimizer overhead, {info['machine']}, torch {info['torch']}, {info['date']}"
+    )
+    floors = (
+        f"copy bandwidth {copy_range} GB/s, add_ bandwidth {rmw_range} GB/s over the "
+        f"cases; floor = 14 elements/param (56 B fp32, 28 B 16-bit) at the bandwidth "
+        f"measured in the case"
+    )
     print(f"\n{title}\n{floors}")
     print("\n".join(report.text_table(head, body)))
-    written = [report.write_csv(stem.with_suffix(".csv"), CSV_COLUMNS, rows),
-               report.write_markdown(stem.with_suffix(".md"), [
-                   f"{describe(info)}. Date {info['date']}; {floors}; {warmup} warm-up steps, "
-                   f"up to {repeat} timed"
-                   + (", implementations interleaved round-robin" if interleave else "") + ".",
-                   "\n".join(report.markdown_table(head, body))])]
+    written = [
+        report.write_csv(stem.with_suffix(".csv"), CSV_COLUMNS, rows),
+        report.write_markdown(
+            stem.with_suffix(".md"),
+            [
+                f"{describe(info)}. Date {info['date']}; {floors}; {warmup} warm-up steps, "
+                f"up to {repeat} timed"
+                + (", implementations interleaved round-robin" if interleave else "")
+                + ".",
+                "\n".join(report.markdown_table(head, body)),
+            ],
+        ),
+    ]
     if rows and not args.no_plot:
-        written.append(report.bar_chart(
-            stem.with_suffix(".png"), panels(rows),
-            f"XSAM step overhead, {device.type}: {info['machine']}, torch {info['torch']}, "
-            f"{info['date'][:10]}\nfloor: 14 elements/param at the copy ({copy_range} "
-            f"GB/s) and add_ ({rmw_range} GB/s) bandwidths measured in the case",
-            "ms per step (median, p10-p90)"))
+        written.append(
+            report.bar_chart(
+                stem.with_suffix(".png"),
+                panels(rows),
+                f"XSAM step overhead, {device.type}: {info['machine']}, torch {info['torch']}, "
+                f"{info['date'][:10]}\nfloor: 14 elements/param at the copy ({copy_range} "
+                f"GB/s) and add_ ({rmw_range} GB/s) bandwidths measured in the case",
+                "ms per step (median, p10-p90)",
+            )
+        )
     print("\nwritten: " + ", ".join(str(p) for p in written))
     return 0
 

@@ -10,6 +10,7 @@ Medians of ``time.perf_counter`` over repeated calls on packed lists:
 
     python -m benchmarks.cpu_phases [--reps 2000] [--big-reps 30]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,15 @@ def median_seconds(fn: Callable[[], None], reps: int) -> float:
     return statistics.median(times)
 
 
-PHASES = ("sumsq", "final_sums", "update_scalars", "backup_ascent", "write_point",
-          "sgd_update", "adam_update")
+PHASES = (
+    "sumsq",
+    "final_sums",
+    "update_scalars",
+    "backup_ascent",
+    "write_point",
+    "sgd_update",
+    "adam_update",
+)
 
 
 def phase_call(shapes: list[tuple[int, ...]], phase: str) -> Callable[[], None]:
@@ -65,49 +73,84 @@ def phase_call(shapes: list[tuple[int, ...]], phase: str) -> Callable[[], None]:
     hyper = torch.tensor([0.05, 1e-3, 5e-4, 0.9, 0.999, 1e-8], dtype=torch.float64)
     steps = torch.full((len(shapes),), 3.0)
     # views made once, as an optimizer keeps them: slicing costs more than some calls
-    sumsq, sums, coeffs = sc[B.SUMSQ:B.SUMSQ + 1], sc[B.SUMS], sc[B.COEFFS]
+    sumsq, sums, coeffs = sc[B.SUMSQ : B.SUMSQ + 1], sc[B.SUMS], sc[B.COEFFS]
     calls = {
         "sumsq": lambda: backend.sumsq(grads, sumsq, accumulate=False),
         "final_sums": lambda: backend.final_sums(params, backups, grads, sums, accumulate=False),
         "update_scalars": lambda: backend.update_scalars(sc, check=True),
-        "backup_ascent": lambda: backend.backup_ascent(params, grads, backups, sc, hyper,
-                                                       backup=True),
+        "backup_ascent": lambda: backend.backup_ascent(
+            params, grads, backups, sc, hyper, backup=True
+        ),
         "write_point": lambda: backend.write_point(params, params, backups, grads, coeffs),
         "sgd_update": lambda: backend.sgd_update(
-            params, params, backups, grads, bufs, sc, hyper, weight_decay=True, momentum=True,
-            nesterov=False, maximize=False, init_bufs=False),
+            params,
+            params,
+            backups,
+            grads,
+            bufs,
+            sc,
+            hyper,
+            weight_decay=True,
+            momentum=True,
+            nesterov=False,
+            maximize=False,
+            init_bufs=False,
+        ),
         "adam_update": lambda: backend.adam_update(
-            params, params, backups, grads, bufs, sq, steps, sc, hyper, weight_decay=True,
-            decoupled=True, maximize=False),
+            params,
+            params,
+            backups,
+            grads,
+            bufs,
+            sq,
+            steps,
+            sc,
+            hyper,
+            weight_decay=True,
+            decoupled=True,
+            maximize=False,
+        ),
     }
     return calls[phase]
 
 
 def host_cost(reps: int) -> None:
     torch.set_num_threads(1)
-    per_n = {n: {k: median_seconds(phase_call([(64,)] * n, k), reps) for k in PHASES}
-             for n in HOST_TENSORS}
+    per_n = {
+        n: {k: median_seconds(phase_call([(64,)] * n, k), reps) for k in PHASES}
+        for n in HOST_TENSORS
+    }
     lo, hi = HOST_TENSORS[0], HOST_TENSORS[-1]
     print(f"host cost, float32 tensors of 64 elements, 1 thread (median of {reps} calls)")
-    print(f"{'phase':16}" + "".join(f"{f'{n} tensors':>13}" for n in HOST_TENSORS)
-          + f"{'per tensor':>13}")
+    print(
+        f"{'phase':16}"
+        + "".join(f"{f'{n} tensors':>13}" for n in HOST_TENSORS)
+        + f"{'per tensor':>13}"
+    )
     for phase in per_n[lo]:
         slope = (per_n[hi][phase] - per_n[lo][phase]) / (hi - lo)
-        print(f"{phase:16}" + "".join(f"{per_n[n][phase] * 1e6:10.2f} us" for n in HOST_TENSORS)
-              + f"{slope * 1e6:10.3f} us")
+        print(
+            f"{phase:16}"
+            + "".join(f"{per_n[n][phase] * 1e6:10.2f} us" for n in HOST_TENSORS)
+            + f"{slope * 1e6:10.3f} us"
+        )
 
 
 def bandwidth(reps: int) -> None:
     shapes = list(RESNET18_SHAPES)
     n = sum(torch.Size(s).numel() for s in shapes)
-    print(f"\nResNet-18 shapes: {len(shapes)} float32 tensors, {n / 1e6:.2f}M elements "
-          f"(median of {reps} calls)")
+    print(
+        f"\nResNet-18 shapes: {len(shapes)} float32 tensors, {n / 1e6:.2f}M elements "
+        f"(median of {reps} calls)"
+    )
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for phase, passes in TRAFFIC.items():
             t = median_seconds(phase_call(shapes, phase), reps)
-            print(f"{threads} thread(s)  {phase:12} {t * 1e3:8.2f} ms  "
-                  f"{passes * 4 * n / t / 1e9:6.1f} GB/s")
+            print(
+                f"{threads} thread(s)  {phase:12} {t * 1e3:8.2f} ms  "
+                f"{passes * 4 * n / t / 1e9:6.1f} GB/s"
+            )
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ the timed XSAM run plus ``--curves`` extra grid searches taken every 4 steps
 of a separate (untimed) grid run are replayed through each strategy
 (:data:`xsam_fast.search.STRATEGIES`) with the recorded losses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,13 @@ from xsam_fast.train.model import SmallCNN  # noqa: E402
 HYPER = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
 XSAM_KW = dict(rho=0.15, rho_max=0.3, alpha_max=2.0, alpha_delta=0.1)
 #: name -> XSAM search strategy (None: no search); "sgd" is the plain base optimizer
-METHODS: dict[str, str | None] = {"SGD": None, "SAM": None, "XSAM grid": "grid",
-                                  "XSAM fibonacci": "fibonacci", "XSAM coarse": "coarse"}
+METHODS: dict[str, str | None] = {
+    "SGD": None,
+    "SAM": None,
+    "XSAM grid": "grid",
+    "XSAM fibonacci": "fibonacci",
+    "XSAM coarse": "coarse",
+}
 DEFAULT_OUT = os.path.join("results", "epoch_overhead")
 
 
@@ -69,8 +75,12 @@ class SyntheticImages:
 
     def __init__(self, bs: int, pool: int = 16, classes: int = 10, seed: int = 0) -> None:
         gen = torch.Generator().manual_seed(seed)
-        protos = nn.functional.interpolate(torch.randn(classes, 3, 8, 8, generator=gen),
-                                           scale_factor=4, mode="bilinear", align_corners=False)
+        protos = nn.functional.interpolate(
+            torch.randn(classes, 3, 8, 8, generator=gen),
+            scale_factor=4,
+            mode="bilinear",
+            align_corners=False,
+        )
         self.batches = []
         for _ in range(pool):
             y = torch.randint(0, classes, (bs,), generator=gen)
@@ -84,8 +94,12 @@ class SyntheticImages:
 def make_model(width: int, seed: int = 0) -> nn.Module:
     """4x4 stride-4 conv + BN + ReLU to (width, 8, 8), then SmallCNN(width) -> 10 logits."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, width, 4, stride=4, bias=False), nn.BatchNorm2d(width),
-                         nn.ReLU(inplace=True), SmallCNN(width, 10, width))
+    return nn.Sequential(
+        nn.Conv2d(3, width, 4, stride=4, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        SmallCNN(width, 10, width),
+    )
 
 
 class Runner:
@@ -98,19 +112,28 @@ class Runner:
         if name == "SGD":
             self.opt: torch.optim.Optimizer = torch.optim.SGD(self.model.parameters(), **HYPER)
         else:
-            self.opt = XSAM(self.model.parameters(), torch.optim.SGD, model=self.model,
-                            alpha=1.0, search=METHODS[name] or "grid", **XSAM_KW, **HYPER)
+            self.opt = XSAM(
+                self.model.parameters(),
+                torch.optim.SGD,
+                model=self.model,
+                alpha=1.0,
+                search=METHODS[name] or "grid",
+                **XSAM_KW,
+                **HYPER,
+            )
 
     def step(self, x: Tensor, y: Tensor, search: bool) -> None:
         def loss() -> Tensor:
             return self.criterion(self.model(x), y)
 
         if isinstance(self.opt, XSAM):
+
             def closure() -> Tensor:
                 self.opt.zero_grad()
                 value = loss()
                 value.backward()
                 return value
+
             self.opt.step(closure, search_loss=loss, update_alpha=search)
         else:
             self.opt.zero_grad()
@@ -126,12 +149,17 @@ class Runner:
         return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def timed_rounds(runners: list[Runner], data: SyntheticImages, batches: int, rounds: int,
-                 log: Callable[[str], None]) -> list[dict[str, Any]]:
+def timed_rounds(
+    runners: list[Runner],
+    data: SyntheticImages,
+    batches: int,
+    rounds: int,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
     """One epoch per method per round, the order rotated by one each round."""
     out = []
     for r in range(rounds):
-        order = runners[r % len(runners):] + runners[:r % len(runners)]
+        order = runners[r % len(runners) :] + runners[: r % len(runners)]
         for runner in order:
             wall, cpu = runner.epoch(data, batches)
             out.append(dict(round=r, method=runner.name, wall_s=wall, cpu_s=cpu))
@@ -148,18 +176,30 @@ def overhead(epochs: list[dict[str, Any]], key: str) -> dict[str, dict[str, floa
     out = {}
     for m in methods:
         ratios = [by[m, r] / by["SAM", r] for r in rounds]
-        out[m] = dict(median_s=statistics.median(by[m, r] for r in rounds),
-                      ratio_median=statistics.median(ratios), ratio_min=min(ratios),
-                      ratio_max=max(ratios), extra_pct=100 * (statistics.median(ratios) - 1))
+        out[m] = dict(
+            median_s=statistics.median(by[m, r] for r in rounds),
+            ratio_median=statistics.median(ratios),
+            ratio_min=min(ratios),
+            ratio_max=max(ratios),
+            extra_pct=100 * (statistics.median(ratios) - 1),
+        )
     return out
 
 
-def collect_curves(width: int, data: SyntheticImages, n: int, every: int = 4
-                   ) -> list[list[tuple[float, float]]]:
+def collect_curves(
+    width: int, data: SyntheticImages, n: int, every: int = 4
+) -> list[list[tuple[float, float]]]:
     """``n`` grid search curves, one every ``every`` steps of an untimed XSAM grid run."""
     model = make_model(width, seed=1)
-    opt = XSAM(model.parameters(), torch.optim.SGD, model=model, search="grid",
-               search_interval=every, **XSAM_KW, **HYPER)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        model=model,
+        search="grid",
+        search_interval=every,
+        **XSAM_KW,
+        **HYPER,
+    )
     criterion = nn.CrossEntropyLoss()
     i = 0
     while len(opt.search_history) < n:
@@ -170,6 +210,7 @@ def collect_curves(width: int, data: SyntheticImages, n: int, every: int = 4
             loss = criterion(model(x), y)
             loss.backward()
             return loss
+
         opt.step(closure, search_loss=lambda: criterion(model(x), y))
         i += 1
     return [list(map(tuple, h["curve"])) for h in opt.search_history[:n]]
@@ -201,46 +242,65 @@ def search_stats(runners: list[Runner]) -> dict[str, dict[str, float]]:
     for r in runners:
         history = r.opt.search_history[1:] if isinstance(r.opt, XSAM) else []
         if history:
-            out[r.name] = dict(passes=statistics.fmean(h["forwards"] for h in history),
-                               time_s=statistics.fmean(h["time_s"] for h in history))
+            out[r.name] = dict(
+                passes=statistics.fmean(h["forwards"] for h in history),
+                time_s=statistics.fmean(h["time_s"] for h in history),
+            )
     return out
 
 
 def _extra(o: dict[str, float]) -> str:
-    return (f"{o['extra_pct']:+.2f}% ({100 * (o['ratio_min'] - 1):+.2f}.."
-            f"{100 * (o['ratio_max'] - 1):+.2f})")
+    return (
+        f"{o['extra_pct']:+.2f}% ({100 * (o['ratio_min'] - 1):+.2f}.."
+        f"{100 * (o['ratio_max'] - 1):+.2f})"
+    )
 
 
-def table(wall: dict[str, dict[str, float]], cpu: dict[str, dict[str, float]],
-          searches: dict[str, dict[str, float]], agree: dict[str, dict[str, Any]]) -> str:
+def table(
+    wall: dict[str, dict[str, float]],
+    cpu: dict[str, dict[str, float]],
+    searches: dict[str, dict[str, float]],
+    agree: dict[str, dict[str, Any]],
+) -> str:
     """Markdown: per method, epoch times and their paired ratio to SAM's, the search's
     passes and its own time as a share of SAM's epoch, agreement with the grid."""
-    lines = ["| method | wall s/epoch | wall vs SAM | CPU s/epoch | CPU vs SAM | forward passes "
-             "per search | search time / SAM epoch | alpha* = grid's (replayed curves) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | wall s/epoch | wall vs SAM | CPU s/epoch | CPU vs SAM | forward passes "
+        "per search | search time / SAM epoch | alpha* = grid's (replayed curves) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in wall:
         strategy, search = METHODS[m], searches.get(m)
         agree_cell = "-"
         if strategy is not None and strategy in agree:
             a = agree[strategy]
             agree_cell = f"{100 * a['exact']:.1f}% ({a['n']} curves)"
-        share = "-" if search is None else f"{100 * search['time_s'] / wall['SAM']['median_s']:.2f}%"
+        share = (
+            "-" if search is None else f"{100 * search['time_s'] / wall['SAM']['median_s']:.2f}%"
+        )
         passes = "-" if search is None else f"{search['passes']:.1f}"
-        lines.append(f"| {m} | {wall[m]['median_s']:.2f} | {_extra(wall[m])} | "
-                     f"{cpu[m]['median_s']:.2f} | {_extra(cpu[m])} | {passes} | {share} | "
-                     f"{agree_cell} |")
+        lines.append(
+            f"| {m} | {wall[m]['median_s']:.2f} | {_extra(wall[m])} | "
+            f"{cpu[m]['median_s']:.2f} | {_extra(cpu[m])} | {passes} | {share} | "
+            f"{agree_cell} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--batches", type=int, default=391, help="batches per epoch")
     parser.add_argument("--bs", type=int, default=128, help="images per batch")
     parser.add_argument("--width", type=int, default=16, help="CNN width (channels)")
     parser.add_argument("--rounds", type=int, default=10, help="timed epochs per method")
-    parser.add_argument("--curves", type=int, default=100,
-                        help="extra grid curves for the agreement of the fast strategies")
+    parser.add_argument(
+        "--curves",
+        type=int,
+        default=100,
+        help="extra grid curves for the agreement of the fast strategies",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="6 batches, 2 rounds, 10 curves")
     parser.add_argument("--out", default=DEFAULT_OUT, help="folder for results.json and table.md")
@@ -263,22 +323,34 @@ def main(argv: list[str] | None = None) -> int:
     agree = agreement(curves)
     md = table(wall, cpu, search_stats(runners), agree)
     params = sum(p.numel() for p in runners[0].model.parameters())
-    header = (f"{started:%Y-%m-%d %H:%M} UTC; {describe(machine_info(torch.device('cpu')))}; epoch = {args.batches} "
-              f"batches of {args.bs} synthetic 3x32x32 images; CNN width {args.width} "
-              f"({params} parameters); {args.rounds} rounds; load average (1/5/15 min) "
-              f"{start_load} at the start, {end_load} at the end")
+    header = (
+        f"{started:%Y-%m-%d %H:%M} UTC; {describe(machine_info(torch.device('cpu')))}; "
+        f"epoch = {args.batches} "
+        f"batches of {args.bs} synthetic 3x32x32 images; CNN width {args.width} "
+        f"({params} parameters); {args.rounds} rounds; load average (1/5/15 min) "
+        f"{start_load} at the start, {end_load} at the end"
+    )
     print(header)
     print(md)
-    print("epoch times: medians over rounds; vs SAM: median (min..max) over rounds of the ratio to "
-          "SAM's epoch in the same round; search time: the searches' own wall time")
+    print(
+        "epoch times: medians over rounds; vs SAM: median (min..max) over rounds of the ratio to "
+        "SAM's epoch in the same round; search time: the searches' own wall time"
+    )
     print("strategies replayed on the grid curves (passes, exact agreement, within one grid step):")
     for s, a in agree.items():
-        print(f"  {s}: {a['passes_mean']:.1f} passes, {100 * a['exact']:.1f}% exact, "
-              f"{100 * a['within']:.1f}% within one step, mean regret {a['regret_mean']:.4f}")
+        print(
+            f"  {s}: {a['passes_mean']:.1f} passes, {100 * a['exact']:.1f}% exact, "
+            f"{100 * a['within']:.1f}% within one step, mean regret {a['regret_mean']:.4f}"
+        )
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(dict(header=header, epochs=epochs, wall=wall, cpu=cpu, agreement=agree,
-                       args=vars(args)), f, indent=2)
+        json.dump(
+            dict(
+                header=header, epochs=epochs, wall=wall, cpu=cpu, agreement=agree, args=vars(args)
+            ),
+            f,
+            indent=2,
+        )
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
         f.write(header + "\n\n" + md + "\n")
     print(f"wrote {args.out}/results.json and table.md")

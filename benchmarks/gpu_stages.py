@@ -37,6 +37,7 @@ skipped with a message, and the torch.compile baseline traced whole
 A stage exits 0 when it passed, :data:`SKIPPED` when a dry run had nothing to run
 (no backend runs here), and another non-zero status on a failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,23 +68,107 @@ BASES: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
 
 #: bench_step arguments per benchmark stage: (on a GPU, in a dry run)
 BENCHES: dict[str, tuple[list[str], list[str]]] = {
-    "bandwidth": (["--device", "cuda", "--sizes", "125M,1B", "--dtypes", "fp32,bf16",
-                   "--backends", "triton,cuda", "--repeat", "20", "--warmup", "3",
-                   "--budget-s", "4", "--copy-mib", "1024"],
-                  ["--sizes", "tiny", "--dtypes", "fp32,bf16", "--backends",
-                   "triton,cuda,reference", "--repeat", "2", "--warmup", "1", "--copy-mib", "8"]),
-    "resnet18": (["--device", "cuda", "--sizes", "resnet18", "--dtypes", "fp32,bf16",
-                  "--backends", "triton,cuda,reference,authors-style,foreach", "--repeat", "30",
-                  "--warmup", "3", "--budget-s", "4"],
-                 ["--sizes", "tiny", "--dtypes", "fp32", "--backends",
-                  "triton,cuda,reference,authors-style,foreach", "--repeat", "2", "--warmup", "1",
-                  "--copy-mib", "8"]),
-    "compiled": (["--device", "cuda", "--sizes", "resnet18", "--dtypes", "fp32",
-                  "--backends", "compiled,foreach,triton,cuda", "--repeat", "20", "--warmup", "3",
-                  "--budget-s", "4"],
-                 ["--sizes", "tiny", "--dtypes", "fp32", "--backends", "compiled,reference",
-                  "--repeat", "1", "--warmup", "2", "--copy-mib", "8", "--no-plot",
-                  "--compile-backend", "aot_eager"]),
+    "bandwidth": (
+        [
+            "--device",
+            "cuda",
+            "--sizes",
+            "125M,1B",
+            "--dtypes",
+            "fp32,bf16",
+            "--backends",
+            "triton,cuda",
+            "--repeat",
+            "20",
+            "--warmup",
+            "3",
+            "--budget-s",
+            "4",
+            "--copy-mib",
+            "1024",
+        ],
+        [
+            "--sizes",
+            "tiny",
+            "--dtypes",
+            "fp32,bf16",
+            "--backends",
+            "triton,cuda,reference",
+            "--repeat",
+            "2",
+            "--warmup",
+            "1",
+            "--copy-mib",
+            "8",
+        ],
+    ),
+    "resnet18": (
+        [
+            "--device",
+            "cuda",
+            "--sizes",
+            "resnet18",
+            "--dtypes",
+            "fp32,bf16",
+            "--backends",
+            "triton,cuda,reference,authors-style,foreach",
+            "--repeat",
+            "30",
+            "--warmup",
+            "3",
+            "--budget-s",
+            "4",
+        ],
+        [
+            "--sizes",
+            "tiny",
+            "--dtypes",
+            "fp32",
+            "--backends",
+            "triton,cuda,reference,authors-style,foreach",
+            "--repeat",
+            "2",
+            "--warmup",
+            "1",
+            "--copy-mib",
+            "8",
+        ],
+    ),
+    "compiled": (
+        [
+            "--device",
+            "cuda",
+            "--sizes",
+            "resnet18",
+            "--dtypes",
+            "fp32",
+            "--backends",
+            "compiled,foreach,triton,cuda",
+            "--repeat",
+            "20",
+            "--warmup",
+            "3",
+            "--budget-s",
+            "4",
+        ],
+        [
+            "--sizes",
+            "tiny",
+            "--dtypes",
+            "fp32",
+            "--backends",
+            "compiled,reference",
+            "--repeat",
+            "1",
+            "--warmup",
+            "2",
+            "--copy-mib",
+            "8",
+            "--no-plot",
+            "--compile-backend",
+            "aot_eager",
+        ],
+    ),
 }
 
 
@@ -113,18 +198,21 @@ def _backends(dry_run: bool) -> Iterator[str]:
 
 # ------------------------------------------------------------------ env, arch
 
+
 def env() -> int:
     """Markdown lines naming the machine and the software (the summary's header)."""
     info = machine_info(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    lines = [f"- date: {now()}",
-             f"- GPU: {gpu_name() or 'none visible to torch'}",
-             f"- driver: {gpu_driver() or 'n/a'}",
-             f"- torch: {info['torch']} (CUDA {torch.version.cuda})",
-             f"- triton: {info['triton'] or 'not installed'}",
-             f"- python: {info['python']}",
-             f"- host: {cpu_name()}, {info['cores']} logical CPUs, load average {info['load']}",
-             "- xsam_fast backends: " + ", ".join(
-                 f"{k}: {v or 'available'}" for k, v in xsam_fast.backend_status().items())]
+    lines = [
+        f"- date: {now()}",
+        f"- GPU: {gpu_name() or 'none visible to torch'}",
+        f"- driver: {gpu_driver() or 'n/a'}",
+        f"- torch: {info['torch']} (CUDA {torch.version.cuda})",
+        f"- triton: {info['triton'] or 'not installed'}",
+        f"- python: {info['python']}",
+        f"- host: {cpu_name()}, {info['cores']} logical CPUs, load average {info['load']}",
+        "- xsam_fast backends: "
+        + ", ".join(f"{k}: {v or 'available'}" for k, v in xsam_fast.backend_status().items()),
+    ]
     _say("\n".join(lines))
     return 0
 
@@ -147,12 +235,24 @@ def install(dry_run: bool, extensions: bool) -> int:
     importable whatever the build does), or with them for GPU 0's arch only."""
     target = arch()
     if extensions:
-        env_vars = dict(FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST=target or "<GPU 0's major.minor>",
-                        MAX_JOBS=str(os.cpu_count() or 1))
+        env_vars = dict(
+            FORCE_CUDA="1",
+            TORCH_CUDA_ARCH_LIST=target or "<GPU 0's major.minor>",
+            MAX_JOBS=str(os.cpu_count() or 1),
+        )
     else:
         env_vars = dict(XSAM_FAST_NO_EXT="1")
-    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
-           "--no-build-isolation", "--no-deps", "-e", "."]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-build-isolation",
+        "--no-deps",
+        "-e",
+        ".",
+    ]
     shown = " ".join(f"{k}={v}" for k, v in env_vars.items()) + " " + " ".join(cmd)
     if dry_run:
         _say(f"dry run: not installing; on a GPU this runs: {shown}")
@@ -160,25 +260,34 @@ def install(dry_run: bool, extensions: bool) -> int:
     if extensions and target is None:
         _say("no CUDA device visible to torch: cannot pick the CUDA arch")
         return 1
-    if _run([sys.executable, "-m", "pip", "--version"]) != 0 and \
-            _run([sys.executable, "-m", "ensurepip"]) != 0:
+    if (
+        _run([sys.executable, "-m", "pip", "--version"]) != 0
+        and _run([sys.executable, "-m", "ensurepip"]) != 0
+    ):
         _say("no pip for this Python, and ensurepip failed")
         return 1
     rc = _run(cmd, {**os.environ, **env_vars})
-    _run([sys.executable, "-c", "import xsam_fast; print('backend_status', "
-          "xsam_fast.backend_status())"])
+    _run(
+        [
+            sys.executable,
+            "-c",
+            "import xsam_fast; print('backend_status', xsam_fast.backend_status())",
+        ]
+    )
     return rc
 
 
 # ------------------------------------------------------------------ launches
+
 
 def _sizes(count: int, dry_run: bool) -> list[int]:
     """Element counts of ``count`` tensors: varied lengths, tiny in a dry run."""
     return [64] * count if dry_run else [(37 * i) % 5000 + 1 for i in range(count)]
 
 
-def _xsam_params(count: int, device: torch.device, dry_run: bool
-                 ) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
+def _xsam_params(
+    count: int, device: torch.device, dry_run: bool
+) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
     gen = torch.Generator(device=device).manual_seed(0)
     sizes = _sizes(count, dry_run)
     params = [nn.Parameter(torch.randn(n, generator=gen, device=device)) for n in sizes]
@@ -186,8 +295,7 @@ def _xsam_params(count: int, device: torch.device, dry_run: bool
     return params, grads[0], grads[1]
 
 
-def _one_step(opt: XSAM, params: list[nn.Parameter], g1: list[Tensor], g2: list[Tensor]
-              ) -> None:
+def _one_step(opt: XSAM, params: list[nn.Parameter], g1: list[Tensor], g2: list[Tensor]) -> None:
     for p, g in zip(params, g1):
         p.grad = g.clone()
     opt.first_step()
@@ -219,14 +327,20 @@ def launches(dry_run: bool) -> int:
     device = _device(dry_run)
     from .triton_launches import KernelLaunches
 
-    head = ["backend", "tensors", "triton launches/step", "CUDA kernels/step",
-            "CUDA memcpy+memset/step"]
+    head = [
+        "backend",
+        "tensors",
+        "triton launches/step",
+        "CUDA kernels/step",
+        "CUDA memcpy+memset/step",
+    ]
     body = []
     for backend in _backends(dry_run):
         for count in TENSOR_COUNTS:
             params, g1, g2 = _xsam_params(count, device, dry_run)
-            opt = XSAM(params, torch.optim.SGD, rho=0.05, alpha=0.5, backend=backend,
-                       **base_kwargs())
+            opt = XSAM(
+                params, torch.optim.SGD, rho=0.05, alpha=0.5, backend=backend, **base_kwargs()
+            )
             # a dry run counts without running the kernels (the interpreter is slow)
             with KernelLaunches(run_kernels=not dry_run) as counter:
                 for _ in range(2):  # the plan, the tables and the momentum buffers
@@ -239,27 +353,34 @@ def launches(dry_run: bool) -> int:
                     cuda_cells = ["n/a (no CUDA)", "n/a (no CUDA)"]
             triton_cell = str(counter.count) if backend == "triton" else "-"
             body.append([backend, str(count), triton_cell, *cuda_cells])
-            _say(f"{backend} {count} tensors: triton launches {triton_cell}, CUDA "
-                 f"{cuda_cells[0]} kernels, {cuda_cells[1]} memory operations; per kernel "
-                 f"{dict(counter.by_kernel)}")
+            _say(
+                f"{backend} {count} tensors: triton launches {triton_cell}, CUDA "
+                f"{cuda_cells[0]} kernels, {cuda_cells[1]} memory operations; per kernel "
+                f"{dict(counter.by_kernel)}"
+            )
     if not body:
         _say("no GPU backend ran")
         return SKIPPED if dry_run else 1
     _say("\n".join(report.markdown_table(head, body)))
     for backend in dict.fromkeys(row[0] for row in body):
         counts = {tuple(row[2:]) for row in body if row[0] == backend}
-        _say(f"{backend}: launches per step "
-             + ("the same for " if len(counts) == 1 else "DIFFER between ")
-             + "/".join(map(str, TENSOR_COUNTS)) + " tensors")
+        _say(
+            f"{backend}: launches per step "
+            + ("the same for " if len(counts) == 1 else "DIFFER between ")
+            + "/".join(map(str, TENSOR_COUNTS))
+            + " tensors"
+        )
     return 0
 
 
 # ------------------------------------------------------------------ syncs
 
+
 def _cnn(device: torch.device) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(8 * 6 * 6, 5)).to(device)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5)
+    ).to(device)
 
 
 @contextlib.contextmanager
@@ -275,8 +396,14 @@ def _sync_error(device: torch.device) -> Iterator[None]:
         torch.cuda.set_sync_debug_mode("default")
 
 
-def _manual_step(opt: XSAM, model: nn.Module, x: Tensor, y: Tensor, steps: int,
-                 guard: Callable[[], contextlib.AbstractContextManager]) -> None:
+def _manual_step(
+    opt: XSAM,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    guard: Callable[[], contextlib.AbstractContextManager],
+) -> None:
     """One XSAM step by the manual API, each optimizer call under ``guard()``, the user's
     forward and backward outside it."""
     for _ in range(steps):
@@ -293,16 +420,25 @@ def _manual_step(opt: XSAM, model: nn.Module, x: Tensor, y: Tensor, steps: int,
 def syncs(dry_run: bool) -> int:
     device = _device(dry_run)
     if device.type != "cuda":
-        _say("dry run: the steps run on the CPU; set_sync_debug_mode needs CUDA, so no "
-             "synchronisation is detected here")
+        _say(
+            "dry run: the steps run on the CPU; set_sync_debug_mode needs CUDA, so no "
+            "synchronisation is detected here"
+        )
     failures = []
     ran = 0
     for backend in _backends(dry_run):
         for base, (cls, kwargs) in BASES.items():
             for steps in (1, 2):
                 model = _cnn(device)
-                opt = XSAM(model.parameters(), cls, rho=0.1, steps=steps, backend=backend,
-                           model=model, **kwargs)
+                opt = XSAM(
+                    model.parameters(),
+                    cls,
+                    rho=0.1,
+                    steps=steps,
+                    backend=backend,
+                    model=model,
+                    **kwargs,
+                )
                 sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
                 x = torch.randn(8, 3, 8, 8, device=device)
                 y = torch.randint(0, 5, (8,), device=device)
@@ -320,13 +456,17 @@ def syncs(dry_run: bool) -> int:
                     continue
                 ran += 1
                 skipped = opt.stats()["skipped_steps"]
-                _say(f"{case}: 2 warm-up steps, then 3 steps"
-                     + (" with no host synchronisation" if device.type == "cuda" else "")
-                     + f"; skipped steps {skipped}")
+                _say(
+                    f"{case}: 2 warm-up steps, then 3 steps"
+                    + (" with no host synchronisation" if device.type == "cuda" else "")
+                    + f"; skipped steps {skipped}"
+                )
                 if skipped:
                     failures.append(f"{case} (skipped steps)")
-    _say(f"{ran} cases ran, {len(failures)} failed" + (f": {', '.join(failures)}"
-                                                       if failures else ""))
+    _say(
+        f"{ran} cases ran, {len(failures)} failed"
+        + (f": {', '.join(failures)}" if failures else "")
+    )
     if failures:
         return 1
     return 0 if ran else (SKIPPED if dry_run else 1)
@@ -334,22 +474,27 @@ def syncs(dry_run: bool) -> int:
 
 # ------------------------------------------------------------------ bench
 
+
 def bench(name: str, dry_run: bool, out: str) -> int:
     gpu, dry = BENCHES[name]
     if dry_run:
-        _say(f"dry run: {name} on the CPU with tiny sizes (the GPU run: "
-             f"bench_step {' '.join(gpu)})")
+        _say(
+            f"dry run: {name} on the CPU with tiny sizes (the GPU run: bench_step {' '.join(gpu)})"
+        )
     return bench_step.main([*(dry if dry_run else gpu), "--out", out])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m benchmarks.gpu_stages",
-                                description="Python stages of benchmarks/gpu_check.sh")
+    p = argparse.ArgumentParser(
+        prog="python3 -m benchmarks.gpu_stages",
+        description="Python stages of benchmarks/gpu_check.sh",
+    )
     p.add_argument("stage", choices=["env", "install", "build", "launches", "syncs", "bench"])
     p.add_argument("name", nargs="?", choices=list(BENCHES), help="the benchmark of 'bench'")
     p.add_argument("--dry-run", action="store_true", help="on the CPU, tiny sizes")
-    p.add_argument("--out", default=str(report.RESULTS / "gpu_check"),
-                   help="output folder of 'bench'")
+    p.add_argument(
+        "--out", default=str(report.RESULTS / "gpu_check"), help="output folder of 'bench'"
+    )
     args = p.parse_args(argv)
     if args.stage == "env":
         return env()

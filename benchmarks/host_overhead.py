@@ -30,6 +30,7 @@ no slower than torch's fused SGD step at that count, and at most 1 us per added
 tensor. Outputs (``--out``, default ``results/host_overhead``):
 ``host_overhead_<device>_<stamp>.csv`` and ``.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,23 @@ SLOPE_TARGET_US = 1.0
 #: the peer a step at the largest count must not be slower than
 PEER = "torch-sgd-fused"
 
-CSV_COLUMNS = [*MACHINE_COLUMNS, "impl", "kernels", "n_tensors", "numel_per_tensor", "dtype",
-               "warmup", "steps", "median_us", "p10_us", "p90_us", "first_median_us",
-               "second_median_us", "us_per_added_tensor", "slope_between"]
+CSV_COLUMNS = [
+    *MACHINE_COLUMNS,
+    "impl",
+    "kernels",
+    "n_tensors",
+    "numel_per_tensor",
+    "dtype",
+    "warmup",
+    "steps",
+    "median_us",
+    "p10_us",
+    "p90_us",
+    "first_median_us",
+    "second_median_us",
+    "us_per_added_tensor",
+    "slope_between",
+]
 
 
 def _log(msg: str) -> None:
@@ -67,7 +82,8 @@ def _ints(text: str) -> list[int]:
     values = sorted({int(v) for v in text.split(",") if v.strip()})
     if len(values) < 2 or values[0] < 1:
         raise argparse.ArgumentTypeError(
-            f"expected at least two distinct counts >= 1, got {text!r}")
+            f"expected at least two distinct counts >= 1, got {text!r}"
+        )
     return values
 
 
@@ -75,21 +91,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_step --host-overhead",
         description="Host time per optimizer step on many tiny tensors: XSAM per backend "
-                    "against torch's SGD(fused=True) and SGD(foreach=True).")
+        "against torch's SGD(fused=True) and SGD(foreach=True).",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--counts", type=_ints, default=[3, 62, 300],
-                   help="numbers of tensors (comma list; the slope is taken between the two "
-                        "largest)")
+    p.add_argument(
+        "--counts",
+        type=_ints,
+        default=[3, 62, 300],
+        help="numbers of tensors (comma list; the slope is taken between the two largest)",
+    )
     p.add_argument("--numel", type=int, default=64, help="elements per tensor")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
-    p.add_argument("--backends", help="comma list of xsam_fast backends and peers "
-                   f"({', '.join(TORCH_SGD)}); default: every available backend and both peers")
-    p.add_argument("--steps", type=int, default=1000, help="timed steps per implementation and "
-                   "count (fewer when --budget-s runs out)")
+    p.add_argument(
+        "--backends",
+        help="comma list of xsam_fast backends and peers "
+        f"({', '.join(TORCH_SGD)}); default: every available backend and both peers",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=1000,
+        help="timed steps per implementation and count (fewer when --budget-s runs out)",
+    )
     p.add_argument("--warmup", type=int, default=20, help="untimed steps first")
     p.add_argument("--batch", type=int, default=20, help="steps per implementation per round")
-    p.add_argument("--budget-s", type=float, default=6.0,
-                   help="seconds of timing per implementation and count, at most")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=6.0,
+        help="seconds of timing per implementation and count, at most",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads during the run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(report.RESULTS / "host_overhead"), help="output folder")
@@ -97,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------ one implementation
+
 
 @dataclass
 class Stepping:
@@ -150,11 +182,11 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def time_count(impls: list[Impl], count: int, args: argparse.Namespace,
-               device: torch.device) -> list[Stepping]:
+def time_count(
+    impls: list[Impl], count: int, args: argparse.Namespace, device: torch.device
+) -> list[Stepping]:
     """Every implementation on ``count`` tensors, timed round-robin."""
-    master = make_tensors(uniform_shapes(count, args.numel), DTYPES[args.dtype], device,
-                          args.seed)
+    master = make_tensors(uniform_shapes(count, args.numel), DTYPES[args.dtype], device, args.seed)
     runs = []
     for impl in impls:
         params = [torch.nn.Parameter(t.clone()) for t in master[0]]
@@ -177,12 +209,17 @@ def time_count(impls: list[Impl], count: int, args: argparse.Namespace,
 
 # ------------------------------------------------------------------ report
 
+
 def _us(values: list[float]) -> float | None:
     return spread(values)[0] * 1e6 if values else None
 
 
-def rows_of(runs_by_count: dict[int, list[Stepping]], info: dict[str, str],
-            args: argparse.Namespace, kernels: dict[str, str]) -> list[dict[str, Any]]:
+def rows_of(
+    runs_by_count: dict[int, list[Stepping]],
+    info: dict[str, str],
+    args: argparse.Namespace,
+    kernels: dict[str, str],
+) -> list[dict[str, Any]]:
     """One row per (implementation, count), with the slope between the two largest counts."""
     counts = sorted(runs_by_count)
     lo, hi = counts[-2], counts[-1]
@@ -190,12 +227,25 @@ def rows_of(runs_by_count: dict[int, list[Stepping]], info: dict[str, str],
     for count in counts:
         for run in runs_by_count[count]:
             med, p10, p90 = spread(run.times)
-            rows.append(dict(info, impl=run.impl.label, kernels=kernels.get(run.impl.label, ""),
-                             n_tensors=count, numel_per_tensor=args.numel, dtype=args.dtype,
-                             warmup=args.warmup, steps=len(run.times), median_us=med * 1e6,
-                             p10_us=p10 * 1e6, p90_us=p90 * 1e6,
-                             first_median_us=_us(run.first), second_median_us=_us(run.second),
-                             us_per_added_tensor=None, slope_between=f"{lo}-{hi}"))
+            rows.append(
+                dict(
+                    info,
+                    impl=run.impl.label,
+                    kernels=kernels.get(run.impl.label, ""),
+                    n_tensors=count,
+                    numel_per_tensor=args.numel,
+                    dtype=args.dtype,
+                    warmup=args.warmup,
+                    steps=len(run.times),
+                    median_us=med * 1e6,
+                    p10_us=p10 * 1e6,
+                    p90_us=p90 * 1e6,
+                    first_median_us=_us(run.first),
+                    second_median_us=_us(run.second),
+                    us_per_added_tensor=None,
+                    slope_between=f"{lo}-{hi}",
+                )
+            )
     for label in dict.fromkeys(r["impl"] for r in rows):
         at = {r["n_tensors"]: r for r in rows if r["impl"] == label}
         slope = (at[hi]["median_us"] - at[lo]["median_us"]) / (hi - lo)
@@ -207,15 +257,23 @@ def rows_of(runs_by_count: dict[int, list[Stepping]], info: dict[str, str],
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """One line per implementation: us per step at each count, and the slope."""
     counts = sorted({r["n_tensors"] for r in rows})
-    head = (["implementation"] + [f"{c} tensors: us/step (p10-p90)" for c in counts]
-            + [f"us per added tensor ({rows[0]['slope_between']})"])
+    head = (
+        ["implementation"]
+        + [f"{c} tensors: us/step (p10-p90)" for c in counts]
+        + [f"us per added tensor ({rows[0]['slope_between']})"]
+    )
     body = []
     for label in dict.fromkeys(r["impl"] for r in rows):
         at = {r["n_tensors"]: r for r in rows if r["impl"] == label}
         name = label + (f" ({at[counts[0]]['kernels']})" if at[counts[0]]["kernels"] else "")
-        body.append([name] + [f"{at[c]['median_us']:.1f} ({at[c]['p10_us']:.1f}-"
-                              f"{at[c]['p90_us']:.1f})" for c in counts]
-                    + [f"{at[counts[-1]]['us_per_added_tensor']:.3f}"])
+        body.append(
+            [name]
+            + [
+                f"{at[c]['median_us']:.1f} ({at[c]['p10_us']:.1f}-{at[c]['p90_us']:.1f})"
+                for c in counts
+            ]
+            + [f"{at[counts[-1]]['us_per_added_tensor']:.3f}"]
+        )
     return head, body
 
 
@@ -231,20 +289,37 @@ def verdicts(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
             continue
         if peer:
             ok = r["median_us"] <= peer[0]["median_us"]
-            body.append([r["impl"], f"step at {top} tensors <= {PEER} at {top}",
-                         f"{r['median_us']:.1f} us vs {peer[0]['median_us']:.1f} us",
-                         "yes" if ok else "no"])
+            body.append(
+                [
+                    r["impl"],
+                    f"step at {top} tensors <= {PEER} at {top}",
+                    f"{r['median_us']:.1f} us vs {peer[0]['median_us']:.1f} us",
+                    "yes" if ok else "no",
+                ]
+            )
         else:
-            body.append([r["impl"], f"step at {top} tensors <= {PEER} at {top}",
-                         f"{PEER} not measured", "n/a"])
+            body.append(
+                [
+                    r["impl"],
+                    f"step at {top} tensors <= {PEER} at {top}",
+                    f"{PEER} not measured",
+                    "n/a",
+                ]
+            )
         slope = r["us_per_added_tensor"]
-        body.append([r["impl"], f"<= {SLOPE_TARGET_US:g} us per added tensor "
-                     f"({r['slope_between']})", f"{slope:.3f} us",
-                     "yes" if slope <= SLOPE_TARGET_US else "no"])
+        body.append(
+            [
+                r["impl"],
+                f"<= {SLOPE_TARGET_US:g} us per added tensor ({r['slope_between']})",
+                f"{slope:.3f} us",
+                "yes" if slope <= SLOPE_TARGET_US else "no",
+            ]
+        )
     return head, body
 
 
 # ------------------------------------------------------------------ main
+
 
 def _triton_setup(device: torch.device) -> tuple[contextlib.AbstractContextManager, str]:
     """The context the steps run in, and how the Triton kernels run there."""
@@ -283,39 +358,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         info = machine_info(device)
         _log(f"host overhead on {describe(info)}")
-        _log(f"timing {', '.join(i.label for i in impls)} on {args.counts} tensors of "
-             f"{args.numel} {args.dtype} elements")
+        _log(
+            f"timing {', '.join(i.label for i in impls)} on {args.counts} tensors of "
+            f"{args.numel} {args.dtype} elements"
+        )
         runs_by_count = {}
         with context:
             for count in args.counts:
                 runs_by_count[count] = time_count(impls, count, args, device)
-                _log(f"{count} tensors: " + ", ".join(
-                    f"{r.impl.label} {spread(r.times)[0] * 1e6:.1f} us ({len(r.times)} steps)"
-                    for r in runs_by_count[count]))
+                _log(
+                    f"{count} tensors: "
+                    + ", ".join(
+                        f"{r.impl.label} {spread(r.times)[0] * 1e6:.1f} us ({len(r.times)} steps)"
+                        for r in runs_by_count[count]
+                    )
+                )
         info_end = machine_info(device)
     finally:
         torch.set_num_threads(threads)
     rows = rows_of(runs_by_count, info, args, kernels)
     head, body = table(rows)
     vhead, vbody = verdicts(rows)
-    intro = (f"Host time per optimizer step, {args.numel}-element {args.dtype} tensors on "
-             f"{device.type}, {args.threads} torch thread(s), median (p10-p90) over up to "
-             f"{args.steps} steps after {args.warmup} warm-up steps, implementations "
-             f"round-robin; XSAM: first_step + second_step (fixed alpha), torch: step(). "
-             f"Load average at the end: {info_end['load']}.")
-    targets = (f"Targets (set for the fused cpu backend, default settings): a step at "
-               f"{max(args.counts)} tensors no slower than {PEER}, at most "
-               f"{SLOPE_TARGET_US:g} us per added tensor.")
+    intro = (
+        f"Host time per optimizer step, {args.numel}-element {args.dtype} tensors on "
+        f"{device.type}, {args.threads} torch thread(s), median (p10-p90) over up to "
+        f"{args.steps} steps after {args.warmup} warm-up steps, implementations "
+        f"round-robin; XSAM: first_step + second_step (fixed alpha), torch: step(). "
+        f"Load average at the end: {info_end['load']}."
+    )
+    targets = (
+        f"Targets (set for the fused cpu backend, default settings): a step at "
+        f"{max(args.counts)} tensors no slower than {PEER}, at most "
+        f"{SLOPE_TARGET_US:g} us per added tensor."
+    )
     print(f"\n{describe(info)}\n{intro}\n")
     print("\n".join(report.text_table(head, body)))
     print(f"\n{targets}")
     print("\n".join(report.text_table(vhead, vbody)) if vbody else "(no XSAM row measured)")
     out = report.out_dir(args.out)
     stem = report.stem(out, f"host_overhead_{device.type}")
-    written = [report.write_csv(stem.with_suffix(".csv"), CSV_COLUMNS, rows),
-               report.write_markdown(stem.with_suffix(".md"), [
-                   f"{describe(info)}.", intro, "\n".join(report.markdown_table(head, body)),
-                   targets, "\n".join(report.markdown_table(vhead, vbody))])]
+    written = [
+        report.write_csv(stem.with_suffix(".csv"), CSV_COLUMNS, rows),
+        report.write_markdown(
+            stem.with_suffix(".md"),
+            [
+                f"{describe(info)}.",
+                intro,
+                "\n".join(report.markdown_table(head, body)),
+                targets,
+                "\n".join(report.markdown_table(vhead, vbody)),
+            ],
+        ),
+    ]
     print("\nwritten: " + ", ".join(str(p) for p in written))
     return 0
 

@@ -6,6 +6,7 @@ point, ``second_step(False)`` (fixed alpha, one ascent); ``"base"`` is a plain
 ``step()`` (torch's optimizers, the peers of the host-overhead benchmark).
 Every implementation uses the same hyper-parameters (SGD, momentum, weight decay).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ RHO, ALPHA, LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.5, 1e-3, 0.9, 5e-4
 
 #: baselines timed by default; "compiled" (torch.compile, a minute or more of compilation
 #: per case on a CPU) by default on CUDA only
-DEFAULT_BASELINES = {"cpu": ["authors-style", "foreach"],
-                     "cuda": ["authors-style", "foreach", "compiled"]}
+DEFAULT_BASELINES = {
+    "cpu": ["authors-style", "foreach"],
+    "cuda": ["authors-style", "foreach", "compiled"],
+}
 
 #: torch's own SGD, the peers of the host-overhead benchmark: label -> SGD keyword
 TORCH_SGD = {"torch-sgd-fused": "fused", "torch-sgd-foreach": "foreach"}
@@ -64,9 +67,18 @@ class Impl:
 
 def xsam_impl(backend: str, nonfinite: str = "warn") -> Impl:
     """``xsam_fast.XSAM`` on ``backend`` (label ``xsam:<backend>``)."""
+
     def make(params: list[Tensor]) -> torch.optim.Optimizer:
-        return XSAM(params, torch.optim.SGD, rho=RHO, alpha=ALPHA, backend=backend,
-                    nonfinite=nonfinite, **base_kwargs())
+        return XSAM(
+            params,
+            torch.optim.SGD,
+            rho=RHO,
+            alpha=ALPHA,
+            backend=backend,
+            nonfinite=nonfinite,
+            **base_kwargs(),
+        )
+
     return Impl(f"xsam:{backend}", make, backend=backend)
 
 
@@ -83,9 +95,9 @@ def baseline_impl(label: str, compile_backend: str = "inductor") -> Impl:
 
     def make(params: list[Tensor]) -> torch.optim.Optimizer:
         return cls(params, torch.optim.SGD, rho=RHO, alpha=ALPHA, **extra, **base_kwargs())
+
     # the authors' sequence needs backup_param(); the others back up inside first_step
-    return Impl(label, make, backup_first=(label == "authors-style"),
-                min_warmup=2 if extra else 0)
+    return Impl(label, make, backup_first=(label == "authors-style"), min_warmup=2 if extra else 0)
 
 
 def torch_sgd_impl(label: str) -> Impl:
@@ -94,11 +106,17 @@ def torch_sgd_impl(label: str) -> Impl:
 
     def make(params: list[Tensor]) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, **{flag: True}, **base_kwargs())
+
     return Impl(label, make, kind="base")
 
 
-def resolve_impls(names: str | None, nonfinite: str, default: list[str],
-                  log: Callable[[str], None], compile_backend: str = "inductor") -> list[Impl]:
+def resolve_impls(
+    names: str | None,
+    nonfinite: str,
+    default: list[str],
+    log: Callable[[str], None],
+    compile_backend: str = "inductor",
+) -> list[Impl]:
     """A comma list of xsam_fast backend names, baseline labels and :data:`TORCH_SGD`
     labels; ``None``: every available backend, then ``default``. An unavailable backend
     is skipped (logged); an unknown name exits. ``compile_backend``: see
@@ -121,13 +139,16 @@ def resolve_impls(names: str | None, nonfinite: str, default: list[str],
                 continue
             impls.append(xsam_impl(name, nonfinite))
         else:
-            raise SystemExit(f"unknown implementation {name!r}; choose from "
-                             f"{', '.join([*status, *BASELINES, *TORCH_SGD])}")
+            raise SystemExit(
+                f"unknown implementation {name!r}; choose from "
+                f"{', '.join([*status, *BASELINES, *TORCH_SGD])}"
+            )
     return impls
 
 
-def prepare_step(impl: Impl, master: Tensors3
-                 ) -> tuple[Callable[[], None], torch.optim.Optimizer, list[Tensor]]:
+def prepare_step(
+    impl: Impl, master: Tensors3
+) -> tuple[Callable[[], None], torch.optim.Optimizer, list[Tensor]]:
     """Fresh copies of ``master`` (params, first and second gradients), the optimizer, and a
     callable taking one whole step (gradient assignments included)."""
     params = [torch.nn.Parameter(t.clone()) for t in master[0]]
@@ -147,6 +168,7 @@ def prepare_step(impl: Impl, master: Tensors3
         for p, g in zip(params, g2):  # "the gradient at the ascent point"
             p.grad = g
         opt.second_step(False)
+
     return step, opt, params
 
 

@@ -2,6 +2,7 @@
 
 Everything here is read at run time; nothing is assumed about the machine.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -52,8 +53,13 @@ def gpu_driver() -> str:
     if shutil.which("nvidia-smi") is None:
         return ""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.splitlines()[0].strip() if out.strip() else ""
@@ -68,13 +74,17 @@ def gpu_name(device: torch.device | None = None) -> str:
 
 def source() -> str:
     """The commit measured and the tracked files changed from it, if this is a git checkout."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True, timeout=30).stdout
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+
     try:
         commit = git("rev-parse", "--short", "HEAD").strip()
-        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no")
-                   .splitlines()]
+        changed = [
+            line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+        ]
     except (OSError, subprocess.SubprocessError):
         return "not a git checkout"
     return f"commit {commit}" + (f" with changes to {', '.join(changed)}" if changed else "")
@@ -106,16 +116,29 @@ def machine_info(device: torch.device) -> dict[str, str]:
 
 
 #: the keys of :func:`machine_info`, in order
-MACHINE_COLUMNS = ["date", "device", "machine", "cores", "torch_threads", "load", "torch",
-                   "triton", "python", "xsam_fast", "backends_available"]
+MACHINE_COLUMNS = [
+    "date",
+    "device",
+    "machine",
+    "cores",
+    "torch_threads",
+    "load",
+    "torch",
+    "triton",
+    "python",
+    "xsam_fast",
+    "backends_available",
+]
 
 
 def describe(info: dict[str, str]) -> str:
     """One line naming what :func:`machine_info` found (for report headers)."""
     threads = info["torch_threads"]
-    return (f"{info['machine']}, {info['cores']} logical CPUs, {threads} torch "
-            f"thread{'s' * (threads != '1')}, load average {info['load']}; Python "
-            f"{info['python']}, torch {info['torch']}"
-            + (f", triton {info['triton']}" if info["triton"] else "")
-            + f", xsam-fast {info['xsam_fast']} ({source()}); backends available: "
-            + (info["backends_available"] or "none"))
+    return (
+        f"{info['machine']}, {info['cores']} logical CPUs, {threads} torch "
+        f"thread{'s' * (threads != '1')}, load average {info['load']}; Python "
+        f"{info['python']}, torch {info['torch']}"
+        + (f", triton {info['triton']}" if info["triton"] else "")
+        + f", xsam-fast {info['xsam_fast']} ({source()}); backends available: "
+        + (info["backends_available"] or "none")
+    )

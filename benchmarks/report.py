@@ -4,6 +4,7 @@ Every benchmark writes under its ``--out`` folder (default under ``results/`` in
 current directory), never into the source tree, with file names stamped by date
 and time so that runs do not overwrite each other.
 """
+
 from __future__ import annotations
 
 import csv
@@ -47,14 +48,16 @@ def text_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
     """Lines of a left-aligned plain-text table."""
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return ([fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-            + [fmt.format(*row) for row in body])
+    return [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [
+        fmt.format(*row) for row in body
+    ]
 
 
 def markdown_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
     """Lines of a Markdown table."""
-    return (["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-            + ["| " + " | ".join(row) + " |" for row in body])
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + [
+        "| " + " | ".join(row) + " |" for row in body
+    ]
 
 
 def write_markdown(path: Path, sections: Sequence[str]) -> Path:
@@ -82,17 +85,21 @@ class Panel:
 def bar_chart(path: Path, panels: Sequence[Panel], title: str, ylabel: str) -> Path:
     """A PNG of side-by-side bar panels (one colour per label across panels)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(label for p in panels for label in p.labels))
     colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0, 3.6 * len(panels)), 4.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(max(4.0, 3.6 * len(panels)), 4.2), squeeze=False
+    )
     for ax, panel in zip(axes[0], panels):
         xs = list(range(len(panel.labels)))
-        err = [[m - lo for m, lo in zip(panel.medians, panel.p10s)],
-               [hi - m for m, hi in zip(panel.medians, panel.p90s)]]
+        err = [
+            [m - lo for m, lo in zip(panel.medians, panel.p10s)],
+            [hi - m for m, hi in zip(panel.medians, panel.p90s)],
+        ]
         ax.bar(xs, panel.medians, yerr=err, color=[colors[n] for n in panel.labels], capsize=3)
         for x, m, hi in zip(xs, panel.medians, panel.p90s):
             ax.text(x, hi, f"{m:.3g}", ha="center", va="bottom", fontsize=7)

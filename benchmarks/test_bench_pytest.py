@@ -10,6 +10,7 @@ second_step, fixed alpha, pre-made gradients, SGD momentum + weight decay) on
 one small size (default ``resnet18``, on the CPU; ``XSAM_BENCH_DEVICE=cuda``
 for a GPU). The floor and the copy bandwidth are bench_step's business.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,6 +49,7 @@ def test_xsam_step(benchmark, master, label: str) -> None:
     step, _, _ = prepare_step(impl, master)
     timer = Timer(DEVICE)
     if DEVICE.type == "cuda":
+
         def run() -> None:
             step()
             timer.sync()

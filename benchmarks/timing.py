@@ -2,6 +2,7 @@
 
 Times are seconds (floats) unless a name says otherwise; bandwidths bytes/s.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,10 +87,14 @@ class BandwidthProbe:
 
     def time_once(self) -> tuple[float, float]:
         """Seconds of one copy and of one in-place add (dst grows by at most 1 per call)."""
-        return (self.timer(lambda: self.dst.copy_(self.src)),
-                self.timer(lambda: self.dst.add_(self.src)))
+        return (
+            self.timer(lambda: self.dst.copy_(self.src)),
+            self.timer(lambda: self.dst.add_(self.src)),
+        )
 
     def bandwidths(self, times: Sequence[tuple[float, float]]) -> tuple[float, float]:
         """Copy and read-modify-write bytes/s from the medians of ``times``."""
-        return (self.copy_bytes / statistics.median(t[0] for t in times),
-                self.rmw_bytes / statistics.median(t[1] for t in times))
+        return (
+            self.copy_bytes / statistics.median(t[0] for t in times),
+            self.rmw_bytes / statistics.median(t[1] for t in times),
+        )

@@ -9,6 +9,7 @@ or does nothing (``run_kernels=False``: only the host side of a step is left to
 time). Kernels keep their identity, so kernels calling helper ``@triton.jit``
 functions compile as before; leaving the block restores every kernel.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,8 +25,10 @@ def kernel_modules(package: str = PACKAGE) -> list[ModuleType]:
     """The package and every module in it (importing them: Triton must be importable, and
     ``TRITON_INTERPRET`` set as wanted before the first import)."""
     root = importlib.import_module(package)
-    return [root] + [importlib.import_module(f"{package}.{info.name}")
-                     for info in pkgutil.iter_modules(root.__path__)]
+    return [root] + [
+        importlib.import_module(f"{package}.{info.name}")
+        for info in pkgutil.iter_modules(root.__path__)
+    ]
 
 
 def find_kernels(package: str = PACKAGE) -> dict[str, Any]:
@@ -78,6 +81,7 @@ class KernelLaunches:
                 return run(*args, grid=grid, warmup=warmup, **kwargs)
             self.by_kernel[name] += 1
             return run(*args, grid=grid, warmup=warmup, **kwargs) if self.run_kernels else None
+
         return launch
 
     def __exit__(self, *exc: Any) -> None:

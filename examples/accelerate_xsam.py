@@ -18,13 +18,23 @@ Gradient accumulation does not fit a closure-based step (every pass of a step
 must see the same batch): leave ``gradient_accumulation_steps`` at 1. The result
 equals the plain loop of ``recipe_common.train_plain`` (``tests/test_recipes.py``).
 """
+
 from __future__ import annotations
 
 from accelerate import Accelerator
 from torch.nn import functional as F
 
-from recipe_common import (Closure, RecipeConfig, make_loader, make_model, make_optimizer,
-                           make_scheduler, parse_args, report, searches)
+from recipe_common import (
+    Closure,
+    RecipeConfig,
+    make_loader,
+    make_model,
+    make_optimizer,
+    make_scheduler,
+    parse_args,
+    report,
+    searches,
+)
 
 
 def train_accelerate(cfg: RecipeConfig, accelerator: Accelerator | None = None):
@@ -41,8 +51,11 @@ def train_accelerate(cfg: RecipeConfig, accelerator: Accelerator | None = None):
         for i, (x, y) in enumerate(loader):
             closure = Closure(opt, model, x, y, accelerator.backward)
             if searches(i):
-                opt.optimizer.step(closure, update_alpha=True,
-                                   search_loss=lambda x=x, y=y: F.cross_entropy(model(x), y))
+                opt.optimizer.step(
+                    closure,
+                    update_alpha=True,
+                    search_loss=lambda x=x, y=y: F.cross_entropy(model(x), y),
+                )
             else:
                 opt.step(closure)
             sched.step()

@@ -40,6 +40,7 @@ ignores ``fp16`` (no autocast, no scaler). DeepSpeed and FSDP own the optimizer
 step and are refused. ``tests/test_hf_trainer.py`` checks the parameters against a
 plain XSAM loop, with and without accumulation, in fp32 and bf16, and the resume.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,12 +73,15 @@ class TrainerXSAM(XSAM):
         if closure is not None:
             return super().step(closure, **kwargs)
         if kwargs:
-            raise TypeError(f"TrainerXSAM.step() without a closure takes no arguments, got "
-                            f"{sorted(kwargs)}")
+            raise TypeError(
+                f"TrainerXSAM.step() without a closure takes no arguments, got {sorted(kwargs)}"
+            )
         if self.pending is None:
-            raise RuntimeError("TrainerXSAM.step() without a closure runs the step that "
-                               "XSAMTrainer prepares on the last micro-batch of a window; "
-                               "none is pending")
+            raise RuntimeError(
+                "TrainerXSAM.step() without a closure runs the step that "
+                "XSAMTrainer prepares on the last micro-batch of a window; "
+                "none is pending"
+            )
         pending, self.pending = self.pending, None
         return super().step(**pending)
 
@@ -90,8 +94,14 @@ class _WindowClosure:
     training step on each micro-batch (DDP synchronises on the last one only).
     """
 
-    def __init__(self, trainer: "XSAMTrainer", model: nn.Module, batches: list[dict],
-                 num_items: Any, first_loss: torch.Tensor) -> None:
+    def __init__(
+        self,
+        trainer: "XSAMTrainer",
+        model: nn.Module,
+        batches: list[dict],
+        num_items: Any,
+        first_loss: torch.Tensor,
+    ) -> None:
         self.trainer, self.model, self.batches, self.num_items = trainer, model, batches, num_items
         self.first_loss: torch.Tensor | None = first_loss
 
@@ -113,8 +123,9 @@ class _WindowClosure:
         total: Any = 0
         for inputs in self.batches:
             with tr.compute_loss_context_manager():
-                total = total + tr.compute_loss(self.model, tr._prepare_inputs(inputs),
-                                                num_items_in_batch=self.num_items)
+                total = total + tr.compute_loss(
+                    self.model, tr._prepare_inputs(inputs), num_items_in_batch=self.num_items
+                )
         return total
 
 
@@ -130,55 +141,78 @@ class XSAMTrainer(Trainer):
         self.xsam_kwargs = dict(xsam or {})
         clash = {"model", "max_grad_norm", "search_interval"} & self.xsam_kwargs.keys()
         if clash:
-            raise ValueError(f"XSAMTrainer sets {sorted(clash)} itself (the model, "
-                             "TrainingArguments.max_grad_norm, a search per epoch)")
+            raise ValueError(
+                f"XSAMTrainer sets {sorted(clash)} itself (the model, "
+                "TrainingArguments.max_grad_norm, a search per epoch)"
+            )
         if self.args.fp16:
-            raise ValueError("XSAMTrainer does not support fp16=True: on a GPU the Trainer's "
-                             "GradScaler steps without a closure, and on the CPU fp16 is ignored; "
-                             "use bf16=True or fp32")
+            raise ValueError(
+                "XSAMTrainer does not support fp16=True: on a GPU the Trainer's "
+                "GradScaler steps without a closure, and on the CPU fp16 is ignored; "
+                "use bf16=True or fp32"
+            )
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise ValueError("XSAMTrainer does not support DeepSpeed or FSDP: they own the "
-                             "optimizer step")
+            raise ValueError(
+                "XSAMTrainer does not support DeepSpeed or FSDP: they own the optimizer step"
+            )
         if self.optimizer is not None and not isinstance(self.optimizer, TrainerXSAM):
-            raise TypeError("XSAMTrainer creates its optimizer (a TrainerXSAM); pass "
-                            "optimizer_cls_and_kwargs for the base optimizer, not "
-                            f"{self.optimizer!r}")
+            raise TypeError(
+                "XSAMTrainer creates its optimizer (a TrainerXSAM); pass "
+                "optimizer_cls_and_kwargs for the base optimizer, not "
+                f"{self.optimizer!r}"
+            )
         self._window: list[dict] = []
         self._window_loss: Any = 0  # the sum of the window's first-pass losses
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
             model = self.model if model is None else model
-            cls, kwargs = (self.optimizer_cls_and_kwargs
-                           or self.get_optimizer_cls_and_kwargs(self.args, model))
+            cls, kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
+                self.args, model
+            )
             if {"params", "model", "optimizer_dict"} & kwargs.keys():
-                raise ValueError(f"optimizer {cls!r} builds its own parameter groups; XSAMTrainer "
-                                 "needs a torch.optim.Optimizer class on the Trainer's groups")
+                raise ValueError(
+                    f"optimizer {cls!r} builds its own parameter groups; XSAMTrainer "
+                    "needs a torch.optim.Optimizer class on the Trainer's groups"
+                )
             decay = set(self.get_decay_parameter_names(model))
             trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-            groups = [{"params": [p for n, p in trainable if (n in decay) == decays],
-                       "weight_decay": wd}
-                      for decays, wd in ((True, self.args.weight_decay), (False, 0.0))]
+            groups = [
+                {"params": [p for n, p in trainable if (n in decay) == decays], "weight_decay": wd}
+                for decays, wd in ((True, self.args.weight_decay), (False, 0.0))
+            ]
             clip = self.args.max_grad_norm if self.args.max_grad_norm > 0 else None
-            self.optimizer = TrainerXSAM([g for g in groups if g["params"]], cls, model=model,
-                                         max_grad_norm=clip, **self.xsam_kwargs, **kwargs)
+            self.optimizer = TrainerXSAM(
+                [g for g in groups if g["params"]],
+                cls,
+                model=model,
+                max_grad_norm=clip,
+                **self.xsam_kwargs,
+                **kwargs,
+            )
         return self.optimizer
 
-    def micro_step(self, model: nn.Module, inputs: dict, num_items_in_batch: Any = None
-                   ) -> torch.Tensor:
+    def micro_step(
+        self, model: nn.Module, inputs: dict, num_items_in_batch: Any = None
+    ) -> torch.Tensor:
         """The Trainer's own training step on one micro-batch: forward, backward, scaled loss."""
         return super().training_step(model, inputs, num_items_in_batch)
 
-    def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch: Any = None
-                      ) -> torch.Tensor:
+    def training_step(
+        self, model: nn.Module, inputs: dict, num_items_in_batch: Any = None
+    ) -> torch.Tensor:
         loss = self.micro_step(model, inputs, num_items_in_batch)
         self._window.append(inputs)
         self._window_loss = self._window_loss + loss
         if self.accelerator.sync_gradients:  # the window's last micro-batch: the step follows
-            closure = _WindowClosure(self, model, self._window, num_items_in_batch,
-                                     self._window_loss)
-            self.xsam.pending = dict(closure=closure, search_loss=closure.search_loss,
-                                     update_alpha=float(self.state.epoch).is_integer())
+            closure = _WindowClosure(
+                self, model, self._window, num_items_in_batch, self._window_loss
+            )
+            self.xsam.pending = dict(
+                closure=closure,
+                search_loss=closure.search_loss,
+                update_alpha=float(self.state.epoch).is_integer(),
+            )
             self._window, self._window_loss = [], 0
         return loss
 
@@ -220,32 +254,62 @@ def make_dataset(cfg: HFRecipeConfig) -> list[dict[str, torch.Tensor]]:
 def make_model(cfg: HFRecipeConfig) -> LlamaForCausalLM:
     """A one-layer Llama of width 16 from a config (about 3.6k parameters, no download)."""
     torch.manual_seed(cfg.seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=SEQ_LEN))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=SEQ_LEN,
+        )
+    )
 
 
 def make_args(cfg: HFRecipeConfig, output_dir: str, **overrides: Any) -> TrainingArguments:
     """CPU, fixed data order (sequential sampler), loss and LR logged at every step."""
     settings: dict[str, Any] = dict(
-        output_dir=output_dir, use_cpu=True, seed=cfg.seed, num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-        bf16=cfg.bf16, train_sampling_strategy="sequential", logging_steps=1, save_strategy="no",
-        report_to="none", disable_tqdm=True)
+        output_dir=output_dir,
+        use_cpu=True,
+        seed=cfg.seed,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        bf16=cfg.bf16,
+        train_sampling_strategy="sequential",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
     settings.update(overrides)
     return TrainingArguments(**settings)
 
 
-def train_hf(cfg: HFRecipeConfig, output_dir: str, *, xsam: dict[str, Any] = XSAM_KWARGS,
-             resume_from_checkpoint: str | None = None, callbacks: list | None = None,
-             **overrides: Any) -> XSAMTrainer:
+def train_hf(
+    cfg: HFRecipeConfig,
+    output_dir: str,
+    *,
+    xsam: dict[str, Any] = XSAM_KWARGS,
+    resume_from_checkpoint: str | None = None,
+    callbacks: list | None = None,
+    **overrides: Any,
+) -> XSAMTrainer:
     """Train ``make_model(cfg)`` on ``make_dataset(cfg)``; returns the trainer.
 
     ``overrides``: TrainingArguments fields (e.g. ``save_strategy="steps"``).
     """
-    trainer = XSAMTrainer(model=make_model(cfg), args=make_args(cfg, output_dir, **overrides),
-                          train_dataset=make_dataset(cfg), xsam=xsam, callbacks=callbacks)
+    trainer = XSAMTrainer(
+        model=make_model(cfg),
+        args=make_args(cfg, output_dir, **overrides),
+        train_dataset=make_dataset(cfg),
+        xsam=xsam,
+        callbacks=callbacks,
+    )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
@@ -260,8 +324,9 @@ def next_token_accuracy(model: nn.Module, cfg: HFRecipeConfig) -> float:
 
 def main() -> None:
     d = HFRecipeConfig()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     for name in ("epochs", "samples", "batch_size", "grad_accum", "seed"):
         parser.add_argument(f"--{name}", type=int, default=getattr(d, name))
     parser.add_argument("--lr", type=float, default=d.lr)
@@ -273,9 +338,11 @@ def main() -> None:
     for record in opt.search_history:
         print(f"search at XSAM step {record['step']}: alpha {record['alpha']}")
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    print(f"hf trainer: {opt.step_count} XSAM steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
-          f"next-token accuracy "
-          f"{100 * next_token_accuracy(trainer.model, cfg):.1f}%")
+    print(
+        f"hf trainer: {opt.step_count} XSAM steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
+        f"next-token accuracy "
+        f"{100 * next_token_accuracy(trainer.model, cfg):.1f}%"
+    )
 
 
 if __name__ == "__main__":

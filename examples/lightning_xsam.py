@@ -20,14 +20,23 @@ XSAM's ``max_grad_norm=``, which clips the interpolated gradient without an extr
 pass. The result equals the plain loop of ``recipe_common.train_plain`` (checked
 by ``tests/test_recipes.py``).
 """
+
 from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
 from torch.nn import functional as F
 
-from recipe_common import (RecipeConfig, make_loader, make_model, make_optimizer, make_scheduler,
-                           parse_args, report, searches)
+from recipe_common import (
+    RecipeConfig,
+    make_loader,
+    make_model,
+    make_optimizer,
+    make_scheduler,
+    parse_args,
+    report,
+    searches,
+)
 
 
 class XSAMModule(pl.LightningModule):
@@ -43,8 +52,10 @@ class XSAMModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = make_optimizer(self, self.cfg)
-        return {"optimizer": opt,
-                "lr_scheduler": make_scheduler(opt, self.cfg, self.steps_per_epoch)}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": make_scheduler(opt, self.cfg, self.steps_per_epoch),
+        }
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -56,8 +67,11 @@ class XSAMModule(pl.LightningModule):
             self.manual_backward(loss)
             return loss
 
-        loss = opt.step(closure=closure, search_loss=lambda: F.cross_entropy(self(x), y),
-                        update_alpha=searches(batch_idx))
+        loss = opt.step(
+            closure=closure,
+            search_loss=lambda: F.cross_entropy(self(x), y),
+            update_alpha=searches(batch_idx),
+        )
         self.lr_schedulers().step()
         self.losses.append(float(loss.detach()))
         return loss.detach()
@@ -67,9 +81,16 @@ def train_lightning(cfg: RecipeConfig):
     """``(model, optimizer, loss of every step)`` after ``cfg.epochs`` epochs on the CPU."""
     loader = make_loader(cfg)
     module = XSAMModule(cfg, len(loader))
-    trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, train_dataloaders=loader)
     return module.net, trainer.optimizers[0], module.losses
 

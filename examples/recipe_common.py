@@ -7,6 +7,7 @@ with (``tests/test_recipes.py`` checks that the parameters come out equal).
 Everything is small enough for a CPU: 8x8 synthetic "images" of 10 classes (a
 fixed template per class plus noise), the BatchNorm CNN of ``xsam-fast train``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,18 @@ def make_model(cfg: RecipeConfig) -> nn.Module:
 
 def make_optimizer(model: nn.Module, cfg: RecipeConfig) -> XSAM:
     """XSAM around SGD; ``model=`` so that only the first pass moves BatchNorm statistics."""
-    return XSAM(model.parameters(), torch.optim.SGD, rho=0.15, rho_max=0.3, lr=cfg.lr,
-                momentum=0.9, weight_decay=1e-3, alpha_max=1.0, alpha_delta=0.25, model=model)
+    return XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.15,
+        rho_max=0.3,
+        lr=cfg.lr,
+        momentum=0.9,
+        weight_decay=1e-3,
+        alpha_max=1.0,
+        alpha_delta=0.25,
+        model=model,
+    )
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: RecipeConfig, steps_per_epoch: int):
@@ -75,8 +86,14 @@ class Closure:
     for loops whose optimizer wrapper does not return it.
     """
 
-    def __init__(self, opt: torch.optim.Optimizer, model: nn.Module, x: torch.Tensor,
-                 y: torch.Tensor, backward: Callable[[torch.Tensor], None]) -> None:
+    def __init__(
+        self,
+        opt: torch.optim.Optimizer,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        backward: Callable[[torch.Tensor], None],
+    ) -> None:
         self.opt, self.model, self.x, self.y, self.backward = opt, model, x, y, backward
         self.first_loss: torch.Tensor | None = None
 
@@ -100,8 +117,11 @@ def train_plain(cfg: RecipeConfig) -> tuple[nn.Module, XSAM, list[float]]:
     for _ in range(cfg.epochs):
         for i, (x, y) in enumerate(loader):
             closure = Closure(opt, model, x, y, lambda loss: loss.backward())
-            opt.step(closure, search_loss=lambda x=x, y=y: F.cross_entropy(model(x), y),
-                     update_alpha=searches(i))
+            opt.step(
+                closure,
+                search_loss=lambda x=x, y=y: F.cross_entropy(model(x), y),
+                update_alpha=searches(i),
+            )
             sched.step()
             losses.append(float(closure.first_loss))
     return model, opt, losses
@@ -117,26 +137,36 @@ def accuracy(model: nn.Module, cfg: RecipeConfig) -> float:
 
 def parse_args(description: str) -> RecipeConfig:
     d = RecipeConfig()
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--samples", type=int, default=d.samples)
     parser.add_argument("--batch_size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--seed", type=int, default=d.seed)
     args = parser.parse_args()
-    return RecipeConfig(epochs=args.epochs, samples=args.samples, batch_size=args.batch_size,
-                        lr=args.lr, seed=args.seed)
+    return RecipeConfig(
+        epochs=args.epochs,
+        samples=args.samples,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
 
 
 def report(name: str, model: nn.Module, opt: XSAM, losses: list[float], cfg: RecipeConfig) -> None:
     per_epoch = len(losses) // cfg.epochs
     for e in range(cfg.epochs):
-        chunk = losses[e * per_epoch:(e + 1) * per_epoch]
-        print(f"{name} epoch {e + 1}: mean loss {sum(chunk) / len(chunk):.4f}, "
-              f"alpha {opt.search_history[e]['alpha'] if e < len(opt.search_history) else opt.alpha}")
-    print(f"{name}: {len(losses)} XSAM steps, {len(opt.search_history)} alpha searches, "
-          f"training accuracy {100 * accuracy(model, cfg):.1f}%")
+        chunk = losses[e * per_epoch : (e + 1) * per_epoch]
+        print(
+            f"{name} epoch {e + 1}: mean loss {sum(chunk) / len(chunk):.4f}, "
+            f"alpha {opt.search_history[e]['alpha'] if e < len(opt.search_history) else opt.alpha}"
+        )
+    print(
+        f"{name}: {len(losses)} XSAM steps, {len(opt.search_history)} alpha searches, "
+        f"training accuracy {100 * accuracy(model, cfg):.1f}%"
+    )
 
 
 if __name__ == "__main__":

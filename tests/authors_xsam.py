@@ -16,6 +16,7 @@ as in their code. Use only where their code is well-defined (finite,
 non-degenerate norms unless eps > 0; a positive loss somewhere on the grid for
 the search); see ``docs/algorithm.md`` for where the package differs.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable
@@ -35,9 +36,19 @@ class AuthorsXSAM:
     ascent. ``curve`` holds the ``(alpha, loss)`` pairs of the last search.
     """
 
-    def __init__(self, params: Iterable[Tensor], base_optimizer: type[torch.optim.Optimizer],
-                 steps: int, rho: float, rho_max: float, alpha: float, alpha_max: float,
-                 alpha_delta: float, eps: float, **base_kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        base_optimizer: type[torch.optim.Optimizer],
+        steps: int,
+        rho: float,
+        rho_max: float,
+        alpha: float,
+        alpha_max: float,
+        alpha_delta: float,
+        eps: float,
+        **base_kwargs: Any,
+    ) -> None:
         self.params = list(params)
         self.base_optimizer = base_optimizer(self.params, **base_kwargs)
         self.steps, self.rho, self.rho_max, self.eps = steps, rho, rho_max, eps
@@ -74,8 +85,9 @@ class AuthorsXSAM:
             p.add_(p.grad * factor)
 
     @torch.no_grad()
-    def second_step(self, update_alpha: bool, model: nn.Module, inputs: Any, targets: Any,
-                    criterion: Criterion) -> Tensor:
+    def second_step(
+        self, update_alpha: bool, model: nn.Module, inputs: Any, targets: Any, criterion: Criterion
+    ) -> Tensor:
         """v0, v1, optional search, G into ``.grad``, restore theta_0, base step; returns ||g||."""
         params = self._with_grad()
         grad_norm = self._global_norm([p.grad for p in params])
@@ -100,8 +112,9 @@ class AuthorsXSAM:
         sin_psi = torch.sin(psi)
         out = {}
         for p in self.v0:
-            slerp = (scale * torch.sin((1 - alpha) * psi) / sin_psi) * self.v0[p] \
-                + (scale * torch.sin(alpha * psi) / sin_psi) * self.v1[p]
+            slerp = (scale * torch.sin((1 - alpha) * psi) / sin_psi) * self.v0[p] + (
+                scale * torch.sin(alpha * psi) / sin_psi
+            ) * self.v1[p]
             mean = (scale * 0.5) * (self.v0[p] + self.v1[p])
             out[p] = torch.where(sin_psi < 1e-8, mean, slerp)
         return out
@@ -140,9 +153,16 @@ def enable_running_stats(model: nn.Module) -> None:
             m.momentum = m.saved_momentum
 
 
-def train_step(opt: Any, model: nn.Module, criterion: Criterion, inputs: Any, targets: Any,
-               update_alpha: bool, enable: Callable[[nn.Module], None] = enable_running_stats,
-               disable: Callable[[nn.Module], None] = disable_running_stats) -> Tensor:
+def train_step(
+    opt: Any,
+    model: nn.Module,
+    criterion: Criterion,
+    inputs: Any,
+    targets: Any,
+    update_alpha: bool,
+    enable: Callable[[nn.Module], None] = enable_running_stats,
+    disable: Callable[[nn.Module], None] = disable_running_stats,
+) -> Tensor:
     """One training step in the order of their ``train.py``; returns what ``second_step`` returns.
 
     ``opt`` is anything with their methods (:class:`AuthorsXSAM`, or the package's
@@ -161,5 +181,6 @@ def train_step(opt: Any, model: nn.Module, criterion: Criterion, inputs: Any, ta
     loss = criterion(model(inputs), targets)
     opt.zero_grad()
     loss.backward()
-    return opt.second_step(update_alpha=update_alpha, model=model, inputs=inputs,
-                           targets=targets, criterion=criterion)
+    return opt.second_step(
+        update_alpha=update_alpha, model=model, inputs=inputs, targets=targets, criterion=criterion
+    )

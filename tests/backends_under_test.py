@@ -7,6 +7,7 @@ CPU interpreter, the CUDA functors in a host emulation, and the Triton and CUDA
 backends on a GPU. Targets that reload modules (Triton's interpreter) do so when
 first used, and :func:`restore_defaults` (run after every contract test) undoes it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -81,7 +82,8 @@ def _triton_targets() -> None:
         BACKENDS["triton-cuda"] = "no CUDA device"
     else:
         BACKENDS["triton-cuda"] = xsam_fast.backend_status()["triton"] or Target(
-            _triton_cuda, device="cuda")
+            _triton_cuda, device="cuda"
+        )
 
 
 _triton_targets()

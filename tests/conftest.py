@@ -5,6 +5,7 @@ the whole suite stays fast on two cores. Test modules import the helpers with
 ``from conftest import ...`` (``tests/`` is on ``sys.path`` under pytest's
 default import mode).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,9 @@ def make_mlp(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
 def make_cnn_bn(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
     """Conv -> BatchNorm -> tanh -> linear, input (N, 2, 5, 5)."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(),
-                         nn.Linear(27, 3)).to(dtype)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(), nn.Linear(27, 3)
+    ).to(dtype)
 
 
 MODELS: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
@@ -40,8 +42,13 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
 }
 
 
-def make_batches(model_name: str, n_batches: int, dtype: torch.dtype = torch.float64,
-                 batch: int = 10, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_batches(
+    model_name: str,
+    n_batches: int,
+    dtype: torch.dtype = torch.float64,
+    batch: int = 10,
+    seed: int = 1,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``n_batches`` (inputs, targets) pairs, reproducible, for the named model."""
     shape = MODELS[model_name][1]
     gen = torch.Generator().manual_seed(seed)
@@ -75,8 +82,9 @@ def authors_step(opt, model: nn.Module, x, y, steps: int, update_alpha: bool = F
     loss = criterion(model(x), y)
     opt.zero_grad()
     loss.backward()
-    out = opt.second_step(update_alpha=update_alpha, model=model, inputs=x, targets=y,
-                          criterion=criterion)
+    out = opt.second_step(
+        update_alpha=update_alpha, model=model, inputs=x, targets=y, criterion=criterion
+    )
     xsam_fast.enable_running_stats(model)
     return out
 
@@ -104,8 +112,8 @@ def _triton_importable() -> bool:
 #: backends an optimizer can use in this process: the available ones, and Triton under its
 #: CPU interpreter when Triton is installed (see :func:`backend_loaded`)
 STEP_BACKENDS = list(xsam_fast.available_backends()) + (
-    ["triton"] if _triton_importable() and "triton" not in xsam_fast.available_backends()
-    else [])
+    ["triton"] if _triton_importable() and "triton" not in xsam_fast.available_backends() else []
+)
 
 
 @contextlib.contextmanager
@@ -133,13 +141,23 @@ def params_of(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def assert_params_close(actual: list[torch.Tensor], expected: list[torch.Tensor], atol: float,
-                        rtol: float, what: str = "") -> None:
+def assert_params_close(
+    actual: list[torch.Tensor],
+    expected: list[torch.Tensor],
+    atol: float,
+    rtol: float,
+    what: str = "",
+) -> None:
     """Compare parameter lists in float64; the message names the tensor and the worst element."""
     assert len(actual) == len(expected)
     for i, (a, e) in enumerate(zip(actual, expected)):
-        torch.testing.assert_close(a.double(), e.double(), atol=atol, rtol=rtol,
-                                   msg=lambda m, i=i: f"{what} param #{i}: {m}")
+        torch.testing.assert_close(
+            a.double(),
+            e.double(),
+            atol=atol,
+            rtol=rtol,
+            msg=lambda m, i=i: f"{what} param #{i}: {m}",
+        )
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ The argument checks of ``csrc/cuda/xsam_kernels.cu`` on tensors (sc, hyper, step
 out) are mirrored here in Python; the bindings, streams and device copies run only on
 a GPU.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -72,11 +73,24 @@ def build_command(lib: Path) -> list[str]:
     from torch.utils.cpp_extension import include_paths
 
     # host code only; -ffp-contract=off: one rounding per operation, as -fmad=false on the GPU
-    return [nvcc(), "-shared", "-std=c++20", "-O2", "-Xcompiler", "-fPIC,-ffp-contract=off",
-            "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", "-D__CUDA_NO_HALF_OPERATORS__",
-            "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-            "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr",
-            *[f"-I{p}" for p in include_paths()], str(SOURCE), "-o", str(lib)]
+    return [
+        nvcc(),
+        "-shared",
+        "-std=c++20",
+        "-O2",
+        "-Xcompiler",
+        "-fPIC,-ffp-contract=off",
+        "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
+        "-D__CUDA_NO_HALF_OPERATORS__",
+        "-D__CUDA_NO_HALF_CONVERSIONS__",
+        "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+        "-D__CUDA_NO_HALF2_OPERATORS__",
+        "--expt-relaxed-constexpr",
+        *[f"-I{p}" for p in include_paths()],
+        str(SOURCE),
+        "-o",
+        str(lib),
+    ]
 
 
 @lru_cache(maxsize=None)
@@ -137,10 +151,16 @@ def _handle(lst: TensorList | None) -> int | None:
 def _f64(t: Tensor, numel: int, what: str) -> int:
     """The address of a contiguous float64 CPU tensor of ``numel`` elements (as the extension
     checks its CUDA tensors)."""
-    if not (t.device.type == "cpu" and t.dtype == torch.float64 and t.numel() == numel
-            and t.is_contiguous()):
-        raise ValueError(f"{what} must be a contiguous float64 tensor of {numel} element(s); "
-                         f"got {t.dtype} of {t.numel()} on {t.device}")
+    if not (
+        t.device.type == "cpu"
+        and t.dtype == torch.float64
+        and t.numel() == numel
+        and t.is_contiguous()
+    ):
+        raise ValueError(
+            f"{what} must be a contiguous float64 tensor of {numel} element(s); "
+            f"got {t.dtype} of {t.numel()} on {t.device}"
+        )
     return t.data_ptr()
 
 
@@ -165,8 +185,9 @@ class EmulatedCudaBackend(Backend):
         return torch.device(device).type == "cpu" and dtype in DTYPE_CODES
 
     # ------------------------------------------------------------------ the emulated GPU
-    def set_device(self, sm_count: int = DEFAULT_SMS,
-                   blocks_per_sm: int = DEFAULT_BLOCKS_PER_SM) -> None:
+    def set_device(
+        self, sm_count: int = DEFAULT_SMS, blocks_per_sm: int = DEFAULT_BLOCKS_PER_SM
+    ) -> None:
         self.lib.xsam_emu_set_device(sm_count, blocks_per_sm)
 
     def launch_count(self) -> int:
@@ -180,7 +201,7 @@ class EmulatedCudaBackend(Backend):
         n = int(self.lib.xsam_emu_num_items(lst.handle))
         flat = (ctypes.c_int64 * (3 * n))()
         self.lib.xsam_emu_items(lst.handle, flat)
-        return [tuple(flat[3 * i:3 * i + 3]) for i in range(n)]
+        return [tuple(flat[3 * i : 3 * i + 3]) for i in range(n)]
 
     def shares_layout(self, a: EmulatedList, b: EmulatedList) -> bool:
         return bool(self.lib.xsam_emu_shares_layout(a.handle, b.handle))
@@ -195,25 +216,42 @@ class EmulatedCudaBackend(Backend):
         sizes = [(ctypes.c_int64 * max(t.dim(), 1))(*t.shape) for t in tensors]
         strides = [(ctypes.c_int64 * max(t.dim(), 1))(*t.stride()) for t in tensors]
         handle = ctypes.c_void_p()
-        _call(self.lib.xsam_emu_pack, n,
-              (ctypes.c_int64 * n)(*[0] * n),
-              (ctypes.c_int * n)(*[DTYPE_CODES.get(t.dtype, -1) for t in tensors]),
-              (ctypes.c_char_p * n)(*[str(t.dtype).encode() for t in tensors]),
-              (ctypes.c_int64 * n)(*[t.dim() for t in tensors]),
-              (ctypes.POINTER(ctypes.c_int64) * n)(*sizes),
-              (ctypes.POINTER(ctypes.c_int64) * n)(*strides),
-              (ctypes.c_int64 * n)(*[t.data_ptr() for t in tensors]),
-              _handle(like), ctypes.byref(handle))
+        _call(
+            self.lib.xsam_emu_pack,
+            n,
+            (ctypes.c_int64 * n)(*[0] * n),
+            (ctypes.c_int * n)(*[DTYPE_CODES.get(t.dtype, -1) for t in tensors]),
+            (ctypes.c_char_p * n)(*[str(t.dtype).encode() for t in tensors]),
+            (ctypes.c_int64 * n)(*[t.dim() for t in tensors]),
+            (ctypes.POINTER(ctypes.c_int64) * n)(*sizes),
+            (ctypes.POINTER(ctypes.c_int64) * n)(*strides),
+            (ctypes.c_int64 * n)(*[t.data_ptr() for t in tensors]),
+            _handle(like),
+            ctypes.byref(handle),
+        )
         return EmulatedList(tensors, handle.value)
 
     # ------------------------------------------------------------------ reductions
     def sumsq(self, grads, out, *, accumulate, weights=None, eta=None):
-        _call(self.lib.xsam_emu_sumsq, _handle(grads), _handle(weights), _f64(out, 1, "out"),
-              int(accumulate), _eta(eta))
+        _call(
+            self.lib.xsam_emu_sumsq,
+            _handle(grads),
+            _handle(weights),
+            _f64(out, 1, "out"),
+            int(accumulate),
+            _eta(eta),
+        )
 
     def final_sums(self, points, backups, grads, out, *, accumulate, eta=None):
-        _call(self.lib.xsam_emu_final_sums, _handle(points), _handle(backups), _handle(grads),
-              _f64(out, 3, "out"), int(accumulate), _eta(eta))
+        _call(
+            self.lib.xsam_emu_final_sums,
+            _handle(points),
+            _handle(backups),
+            _handle(grads),
+            _f64(out, 3, "out"),
+            int(accumulate),
+            _eta(eta),
+        )
 
     # ------------------------------------------------------------------ scalars
     def ascent_scalars(self, sc, *, first, check):
@@ -227,34 +265,116 @@ class EmulatedCudaBackend(Backend):
 
     # ------------------------------------------------------------------ elementwise
     def backup_ascent(self, params, grads, backups, sc, hyper, *, backup, eta=None):
-        _call(self.lib.xsam_emu_backup_ascent, _handle(params), _handle(grads), _handle(backups),
-              _f64(sc, NSCALARS, "sc"), _f64(hyper, NHYPER, "hyper"), int(backup), _eta(eta))
+        _call(
+            self.lib.xsam_emu_backup_ascent,
+            _handle(params),
+            _handle(grads),
+            _handle(backups),
+            _f64(sc, NSCALARS, "sc"),
+            _f64(hyper, NHYPER, "hyper"),
+            int(backup),
+            _eta(eta),
+        )
 
     def write_point(self, out, points, backups, grads, coeffs, *, eta=None):
         co = coeffs.to(torch.float64).contiguous()
-        _call(self.lib.xsam_emu_write_point, _handle(out), _handle(points), _handle(backups),
-              _handle(grads), _f64(co, 2, "coeffs"), _eta(eta))
+        _call(
+            self.lib.xsam_emu_write_point,
+            _handle(out),
+            _handle(points),
+            _handle(backups),
+            _handle(grads),
+            _f64(co, 2, "coeffs"),
+            _eta(eta),
+        )
 
     def write_grad_restore(self, params, points, backups, grads, coeffs, *, eta=None):
         co = coeffs.to(torch.float64).contiguous()
-        _call(self.lib.xsam_emu_write_grad_restore, _handle(params), _handle(points),
-              _handle(backups), _handle(grads), _f64(co, 2, "coeffs"), _eta(eta))
+        _call(
+            self.lib.xsam_emu_write_grad_restore,
+            _handle(params),
+            _handle(points),
+            _handle(backups),
+            _handle(grads),
+            _f64(co, 2, "coeffs"),
+            _eta(eta),
+        )
 
-    def sgd_update(self, params, points, backups, grads, bufs, sc, hyper, *, weight_decay,
-                   momentum, nesterov, maximize, init_bufs, eta=None):
-        _call(self.lib.xsam_emu_sgd_update, _handle(params), _handle(points), _handle(backups),
-              _handle(grads), _handle(bufs), _f64(sc, NSCALARS, "sc"),
-              _f64(hyper, NHYPER, "hyper"), int(weight_decay), int(momentum), int(nesterov),
-              int(maximize), int(init_bufs), _eta(eta))
+    def sgd_update(
+        self,
+        params,
+        points,
+        backups,
+        grads,
+        bufs,
+        sc,
+        hyper,
+        *,
+        weight_decay,
+        momentum,
+        nesterov,
+        maximize,
+        init_bufs,
+        eta=None,
+    ):
+        _call(
+            self.lib.xsam_emu_sgd_update,
+            _handle(params),
+            _handle(points),
+            _handle(backups),
+            _handle(grads),
+            _handle(bufs),
+            _f64(sc, NSCALARS, "sc"),
+            _f64(hyper, NHYPER, "hyper"),
+            int(weight_decay),
+            int(momentum),
+            int(nesterov),
+            int(maximize),
+            int(init_bufs),
+            _eta(eta),
+        )
 
-    def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, steps, sc,
-                    hyper, *, weight_decay, decoupled, maximize, eta=None):
-        if not (steps.dtype in (torch.float32, torch.float64) and steps.dim() == 1
-                and steps.numel() == len(params) and steps.is_contiguous()):
-            raise ValueError(f"steps must be a contiguous 1-d float32 or float64 tensor of "
-                             f"{len(params)} elements")
-        _call(self.lib.xsam_emu_adam_update, _handle(params), _handle(points), _handle(backups),
-              _handle(grads), _handle(exp_avgs), _handle(exp_avg_sqs), steps.data_ptr(),
-              int(steps.dtype == torch.float64), _f64(sc, NSCALARS, "sc"),
-              _f64(hyper, NHYPER, "hyper"), int(weight_decay), int(decoupled), int(maximize),
-              _eta(eta))
+    def adam_update(
+        self,
+        params,
+        points,
+        backups,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        steps,
+        sc,
+        hyper,
+        *,
+        weight_decay,
+        decoupled,
+        maximize,
+        eta=None,
+    ):
+        if not (
+            steps.dtype in (torch.float32, torch.float64)
+            and steps.dim() == 1
+            and steps.numel() == len(params)
+            and steps.is_contiguous()
+        ):
+            raise ValueError(
+                f"steps must be a contiguous 1-d float32 or float64 tensor of "
+                f"{len(params)} elements"
+            )
+        _call(
+            self.lib.xsam_emu_adam_update,
+            _handle(params),
+            _handle(points),
+            _handle(backups),
+            _handle(grads),
+            _handle(exp_avgs),
+            _handle(exp_avg_sqs),
+            steps.data_ptr(),
+            int(steps.dtype == torch.float64),
+            _f64(sc, NSCALARS, "sc"),
+            _f64(hyper, NHYPER, "hyper"),
+            int(weight_decay),
+            int(decoupled),
+            int(maximize),
+            _eta(eta),
+        )

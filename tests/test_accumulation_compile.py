@@ -5,6 +5,7 @@ micro-batch, each loss weighted by its share of the batch, so every pass of the
 step (ascents and final gradient) accumulates over the same micro-batches; the
 search loss is the same weighted sum. The result equals the full-batch step.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,8 +22,17 @@ def _micro(x, y, sizes):
 
 
 def _opt(model, **kw):
-    return XSAM(model.parameters(), torch.optim.SGD, rho=0.2, rho_max=0.6, steps=2, lr=0.1,
-                momentum=0.9, weight_decay=1e-3, **kw)
+    return XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.2,
+        rho_max=0.6,
+        steps=2,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-3,
+        **kw,
+    )
 
 
 def _accumulate(model, opt, micro, n):
@@ -80,17 +90,21 @@ def test_torch_compiled_model_trains_like_eager():
     assert all(a is b for a, b in zip(compiled.parameters(), base.parameters()))
     runs = {}
     for name, model in (("eager", eager), ("compiled", compiled)):
-        opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, rho_max=0.6, lr=0.1,
-                   momentum=0.9)
+        opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, rho_max=0.6, lr=0.1, momentum=0.9)
         losses = []
         for t, (x, y) in enumerate(make_batches("mlp", 4, torch.float32)):
+
             def closure(model=model, x=x, y=y):
                 opt.zero_grad()
                 loss = criterion(model(x), y)
                 loss.backward()
                 return loss
-            loss = opt.step(closure, search_loss=lambda model=model, x=x, y=y:
-                            criterion(model(x), y), update_alpha=(t == 0))
+
+            loss = opt.step(
+                closure,
+                search_loss=lambda model=model, x=x, y=y: criterion(model(x), y),
+                update_alpha=(t == 0),
+            )
             losses.append(float(loss.detach()))
         runs[name] = (opt.alpha, params_of(model), losses)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile

@@ -5,6 +5,7 @@ before any norm, and an inf/NaN in any pass skips the step with theta_0 restored
 the base optimizer untouched and the scaler told (``scaler.update()`` backs off),
 exactly as ``scaler.step`` does for a plain optimizer.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,9 @@ def _scaler(init_scale=2.0**12, growth_interval=2):
     return torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=growth_interval)
 
 
-def _run(model, opt, batches, scaler=None, api="closure", autocast=None, search_at=(0,),
-         inject=None):
+def _run(
+    model, opt, batches, scaler=None, api="closure", autocast=None, search_at=(0,), inject=None
+):
     """Train on ``batches``; ``inject=(step, pass)`` makes one gradient element inf
     after that backward pass (0: ascent, 1: final) of that step."""
     losses = []
@@ -107,8 +109,10 @@ def test_fp16_autocast_with_scaler_matches_unscaled():
 
 
 def _state(opt):
-    return {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
-            for p, s in opt.base_optimizer.state.items()}
+    return {
+        id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+        for p, s in opt.base_optimizer.state.items()
+    }
 
 
 @pytest.mark.parametrize("nonfinite", ["warn", "none"])
@@ -215,17 +219,21 @@ def test_bf16_autocast_unchanged_matches_float64_math():
     model = make_mlp(torch.float32)
     model_ref = copy.deepcopy(model)
     opt = _opt(model, "sgd_fused", rho_max=0.6)
-    ref = Float64XSAM(model_ref, rho=0.2, rho_max=0.6, base="sgd", lr=0.1, momentum=0.9,
-                      weight_decay=1e-3)
+    ref = Float64XSAM(
+        model_ref, rho=0.2, rho_max=0.6, base="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3
+    )
     for t, (x, y) in enumerate(_batches(3)):
+
         def loss_fn(m=model_ref, x=x, y=y):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return criterion(m(x), y)
+
         ref.step(loss_fn, search=(t == 0))
         _run(model, opt, [(x, y)], autocast=torch.bfloat16, search_at=(0,) if t == 0 else ())
         if t == 0:
             assert opt.alpha == ref.alpha
             assert [a for a, _ in opt.search_curve] == [a for a, _ in ref.curve]
-            torch.testing.assert_close([l for _, l in opt.search_curve],
-                                       [l for _, l in ref.curve], atol=1e-2, rtol=0)
+            torch.testing.assert_close(
+                [v for _, v in opt.search_curve], [v for _, v in ref.curve], atol=1e-2, rtol=0
+            )
     assert_params_close(params_of(model), params_of(model_ref), 2e-4, 2e-4, "bf16 autocast")

@@ -1,4 +1,6 @@
-"""The optimizer's public API: param groups, schedulers, statistics, search, parameters left alone."""
+"""The optimizer's public API: param groups, schedulers, statistics, search, parameters
+left alone."""
+
 from __future__ import annotations
 
 import warnings
@@ -9,8 +11,16 @@ import torch
 from torch import nn
 
 import xsam_fast
-from conftest import (assert_params_close, authors_step, closure_step, criterion, float64_copy,
-                      make_batches, make_mlp, params_of)
+from conftest import (
+    assert_params_close,
+    authors_step,
+    closure_step,
+    criterion,
+    float64_copy,
+    make_batches,
+    make_mlp,
+    params_of,
+)
 from xsam_float64 import Float64XSAM
 from xsam_fast import XSAM
 
@@ -40,8 +50,9 @@ def test_lr_scheduler_changes_the_lr_used(attach, mlp64, batches64):
     """A scheduler on XSAM or on opt.base_optimizer sets the lr of the next step."""
     model64 = float64_copy(mlp64)
     opt = _opt(mlp64, momentum=0.9)
-    sched = torch.optim.lr_scheduler.StepLR(opt if attach == "xsam" else opt.base_optimizer,
-                                            step_size=1, gamma=0.5)
+    sched = torch.optim.lr_scheduler.StepLR(
+        opt if attach == "xsam" else opt.base_optimizer, step_size=1, gamma=0.5
+    )
     ref = Float64XSAM(model64, rho=0.2, base="sgd", lr=0.1, momentum=0.9)
     lr = 0.1
     for x, y in batches64:
@@ -88,8 +99,15 @@ def test_add_param_group_reaches_base_with_defaults(batches64):
     """A group added after construction gets both optimizers' defaults and is stepped."""
     whole, split = make_mlp(), make_mlp()
     opt_whole = _opt(whole, momentum=0.9, weight_decay=1e-3)
-    opt_split = XSAM(split[0].parameters(), torch.optim.SGD, backend="reference", rho=0.2,
-                     lr=0.1, momentum=0.9, weight_decay=1e-3)
+    opt_split = XSAM(
+        split[0].parameters(),
+        torch.optim.SGD,
+        backend="reference",
+        rho=0.2,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-3,
+    )
     opt_split.add_param_group({"params": list(split[2].parameters())})
     assert len(opt_split.base_optimizer.param_groups) == 2
     group = opt_split.param_groups[1]
@@ -109,7 +127,7 @@ def test_search_updates_alpha_and_curve_on_the_authors_grid(mlp64, batches64):
     grid = np.arange(0, 2 + 1e-5, 0.1).tolist()
     assert len(opt.search_curve) == 21
     assert [a for a, _ in opt.search_curve] == grid  # bit-identical, 0.30000000000000004 included
-    losses = [l for _, l in opt.search_curve]
+    losses = [v for _, v in opt.search_curve]
     assert opt.alpha == grid[int(np.argmax(losses))] and opt.alpha != 0.123
     assert opt.stats()["alpha"] == opt.alpha
 
@@ -216,8 +234,17 @@ class _TwoBranch(nn.Module):
 def test_frozen_and_unused_params_never_move(fuse, batches64):
     model = _TwoBranch()
     model.use_b = False
-    opt = XSAM(model.parameters(), torch.optim.SGD, backend="reference", rho=0.3, lr=0.1,
-               momentum=0.9, weight_decay=1e-2, fuse_base_update=fuse, steps=2)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        backend="reference",
+        rho=0.3,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-2,
+        fuse_base_update=fuse,
+        steps=2,
+    )
     frozen, unused, used = (params_of(model.frozen), params_of(model.b), params_of(model.a))
     for x, y in batches64:
         authors_step(opt, model, x, y, 2, update_alpha=True)
@@ -237,8 +264,16 @@ def test_param_without_final_gradient_ends_at_theta0(fuse, search, batches64):
     """
     model = _TwoBranch()
     model64 = _TwoBranch()
-    opt = XSAM(model.parameters(), torch.optim.SGD, backend="reference", rho=0.3, steps=2,
-               lr=0.1, momentum=0.9, fuse_base_update=fuse)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        backend="reference",
+        rho=0.3,
+        steps=2,
+        lr=0.1,
+        momentum=0.9,
+        fuse_base_update=fuse,
+    )
     ref = Float64XSAM(model64, rho=0.3, steps=2, base="sgd", lr=0.1, momentum=0.9)
     b_start = params_of(model.b)
     for x, y in batches64:
@@ -268,8 +303,15 @@ def test_param_with_gradient_only_at_the_ascent_point(batches64):
     """A param without gradient during the ascent but with one at the end is stepped with
     its share of G (d = 0 for it), as in the re-derivation."""
     model, model64 = _TwoBranch(), _TwoBranch()
-    opt = XSAM(model.parameters(), torch.optim.SGD, backend="reference", rho=0.3, lr=0.1,
-               momentum=0.9, alpha=0.5)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        backend="reference",
+        rho=0.3,
+        lr=0.1,
+        momentum=0.9,
+        alpha=0.5,
+    )
     ref = Float64XSAM(model64, rho=0.3, base="sgd", lr=0.1, momentum=0.9, alpha=0.5)
     for x, y in batches64:
         calls = {"n": 0}

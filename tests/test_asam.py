@@ -10,6 +10,7 @@ optimizers' rules are those of :class:`xsam_float64.Float64XSAM` (reused, not
 changed). The fused backends are checked phase by phase in their own test
 files; here the whole optimizer on the CPU backend against the reference.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ class Float64AdaptiveXSAM(Float64XSAM):
     """One ASAM-geometry XSAM step per :meth:`step` (no BatchNorm handling: models here
     have none). ``weights_only``: T = 1 on tensors with ndim <= 1."""
 
-    def __init__(self, model: nn.Module, *, eta: float = ETA, weights_only: bool = True,
-                 **kw) -> None:
+    def __init__(
+        self, model: nn.Module, *, eta: float = ETA, weights_only: bool = True, **kw
+    ) -> None:
         super().__init__(model, **kw)
         assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         self.eta = eta
@@ -43,8 +45,7 @@ class Float64AdaptiveXSAM(Float64XSAM):
             self.lr = lr
         with torch.no_grad():
             theta0 = [p.detach().clone() for p in self.params]
-        T = [t.abs() + self.eta if a else torch.ones_like(t)
-             for t, a in zip(theta0, self.adaptive)]
+        T = [t.abs() + self.eta if a else torch.ones_like(t) for t, a in zip(theta0, self.adaptive)]
         r = self.rho / self.steps
         for _ in range(self.steps):
             grads = self._grads(loss_fn)
@@ -111,16 +112,27 @@ def _run_package(model, x, y, nsteps, *, search, backend="reference", **kw):
         return loss
 
     for _ in range(nsteps):
-        opt.step(closure, search_loss=(lambda: _loss(model, x, y)) if search else None,
-                 update_alpha=search)
+        opt.step(
+            closure,
+            search_loss=(lambda: _loss(model, x, y)) if search else None,
+            update_alpha=search,
+        )
     return opt
 
 
 BASES = {
-    "sgd-momentum": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=1e-3), "sgd",
-                     dict(lr=0.1, momentum=0.9, weight_decay=1e-3)),
-    "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2), "adamw",
-              dict(lr=1e-2, weight_decay=1e-2)),
+    "sgd-momentum": (
+        torch.optim.SGD,
+        dict(lr=0.1, momentum=0.9, weight_decay=1e-3),
+        "sgd",
+        dict(lr=0.1, momentum=0.9, weight_decay=1e-3),
+    ),
+    "adamw": (
+        torch.optim.AdamW,
+        dict(lr=1e-2, weight_decay=1e-2),
+        "adamw",
+        dict(lr=1e-2, weight_decay=1e-2),
+    ),
 }
 
 
@@ -129,23 +141,46 @@ BASES = {
 REDERIVATION_CASES = (
     [(k, a, base, True) for k in (1, 2) for a in (0.0, 1.0, 1.5, "search") for base in BASES]
     + [(2, a, base, False) for a in (1.5, "search") for base in BASES]
-    + [(1, 0.0, "sgd-momentum", False)])
+    + [(1, 0.0, "sgd-momentum", False)]
+)
 
 
 @pytest.mark.parametrize(
-    "k,alpha,base,weights_only", REDERIVATION_CASES,
-    ids=[f"k{k}-alpha{a}-{b}-{'weights' if w else 'all'}" for k, a, b, w in REDERIVATION_CASES])
+    "k,alpha,base,weights_only",
+    REDERIVATION_CASES,
+    ids=[f"k{k}-alpha{a}-{b}-{'weights' if w else 'all'}" for k, a, b, w in REDERIVATION_CASES],
+)
 def test_matches_float64_rederivation(k, alpha, base, weights_only):
     search = alpha == "search"
     torch_base, torch_kw, ref_base, ref_kw = BASES[base]
     x, y = _data()
     ours, theirs = _model(), _model()
-    opt = _run_package(ours, x, y, 2, search=search, base=torch_base, rho=0.5, steps=k,
-                       alpha=1.0 if search else alpha, eta=ETA,
-                       adaptive_weights_only=weights_only, alpha_delta=0.25, **torch_kw)
-    ref = Float64AdaptiveXSAM(theirs, eta=ETA, weights_only=weights_only, rho=0.5, steps=k,
-                              alpha=1.0 if search else alpha, alpha_delta=0.25, base=ref_base,
-                              **ref_kw)
+    opt = _run_package(
+        ours,
+        x,
+        y,
+        2,
+        search=search,
+        base=torch_base,
+        rho=0.5,
+        steps=k,
+        alpha=1.0 if search else alpha,
+        eta=ETA,
+        adaptive_weights_only=weights_only,
+        alpha_delta=0.25,
+        **torch_kw,
+    )
+    ref = Float64AdaptiveXSAM(
+        theirs,
+        eta=ETA,
+        weights_only=weights_only,
+        rho=0.5,
+        steps=k,
+        alpha=1.0 if search else alpha,
+        alpha_delta=0.25,
+        base=ref_base,
+        **ref_kw,
+    )
     for _ in range(2):
         ref.step(lambda: _loss(theirs, x, y), search=search)
     for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
@@ -165,8 +200,10 @@ def _asam_ascent(model, x, y, rho, eta, weights_only=True):
     """ASAM (Kwon et al. 2021) eps = rho T^2 g / ||T g||, T = |w| + eta on weights."""
     params = list(model.parameters())
     grads = torch.autograd.grad(_loss(model, x, y), params)
-    T = [p.detach().abs() + eta if (p.dim() > 1 or not weights_only) else torch.ones_like(p)
-         for p in params]
+    T = [
+        p.detach().abs() + eta if (p.dim() > 1 or not weights_only) else torch.ones_like(p)
+        for p in params
+    ]
     norm = math.sqrt(sum(float(((t * g) ** 2).sum()) for t, g in zip(T, grads)))
     return [rho * t * t * g / norm for t, g in zip(T, grads)]
 
@@ -175,8 +212,16 @@ def test_ascent_is_asams_perturbation():
     x, y = _data()
     model, copy = _model(), _model()
     want = _asam_ascent(copy, x, y, 0.7, ETA)
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.7, adaptive=True, eta=ETA, lr=0.1,
-               eps=0.0, backend="reference")  # ASAM's formula has no eps
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.7,
+        adaptive=True,
+        eta=ETA,
+        lr=0.1,
+        eps=0.0,
+        backend="reference",
+    )  # ASAM's formula has no eps
     theta0 = [p.detach().clone() for p in model.parameters()]
     _loss(model, x, y).backward()
     opt.first_step()
@@ -200,8 +245,19 @@ def test_alpha1_k1_step_is_asams_update():
             p.add_(e)
     g_at = torch.autograd.grad(_loss(copy, x, y), list(copy.parameters()))
     want = [t0.detach() - e - lr * g for t0, e, g in zip(copy.parameters(), eps_asam, g_at)]
-    _run_package(model, x, y, 1, search=False, base=torch.optim.SGD, rho=rho, alpha=1.0,
-                 eta=ETA, lr=lr, eps=0.0)
+    _run_package(
+        model,
+        x,
+        y,
+        1,
+        search=False,
+        base=torch.optim.SGD,
+        rho=rho,
+        alpha=1.0,
+        eta=ETA,
+        lr=lr,
+        eps=0.0,
+    )
     for p, w in zip(model.parameters(), want):
         torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
 
@@ -232,14 +288,25 @@ def test_non_adaptive_tensors_are_plain_xsam_bit_for_bit(backend, dtype):
     for adaptive in (False, True):
         torch.manual_seed(0)
         model = _OneDim().to(dtype)
-        opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.3, steps=2, alpha=0.6,
-                   adaptive=adaptive, backend=backend, lr=0.1, momentum=0.9)
+        opt = XSAM(
+            model.parameters(),
+            torch.optim.SGD,
+            rho=0.3,
+            steps=2,
+            alpha=0.6,
+            adaptive=adaptive,
+            backend=backend,
+            lr=0.1,
+            momentum=0.9,
+        )
         for _ in range(3):
+
             def closure():
                 opt.zero_grad()
                 loss = _loss(model, x, y)
                 loss.backward()
                 return loss
+
             opt.step(closure, search_loss=lambda: _loss(model, x, y), update_alpha=True)
         assert all(b.eta is None for b in buckets_of(opt))
         results.append([p.detach().clone() for p in model.parameters()])
@@ -253,8 +320,9 @@ def test_buckets_split_by_adaptivity():
     weights_only = XSAM(model.parameters(), adaptive=True, eta=0.05, backend="reference", lr=0.1)
     etas = {id(p): b.eta for b in buckets_of(weights_only) for p in b.owners}
     assert [etas[id(p)] for p in model.parameters()] == [0.05, None, None, None, 0.05, None]
-    every = XSAM(model.parameters(), adaptive=True, adaptive_weights_only=False,
-                 backend="reference", lr=0.1)
+    every = XSAM(
+        model.parameters(), adaptive=True, adaptive_weights_only=False, backend="reference", lr=0.1
+    )
     assert {b.eta for b in buckets_of(every)} == {ETA}
     plain = XSAM(model.parameters(), backend="reference", lr=0.1)
     assert {b.eta for b in buckets_of(plain)} == {None}
@@ -278,16 +346,29 @@ def test_batched_search_matches_sequential():
     outs = []
     for batch in (1, 4):
         model = _model()
-        opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.5, adaptive=True,
-                   backend="reference", search_batch=batch, alpha_delta=0.25, lr=0.1)
+        opt = XSAM(
+            model.parameters(),
+            torch.optim.SGD,
+            rho=0.5,
+            adaptive=True,
+            backend="reference",
+            search_batch=batch,
+            alpha_delta=0.25,
+            lr=0.1,
+        )
         for _ in range(2):
             opt.zero_grad()
             _loss(model, x, y).backward()
             opt.first_step()
             opt.zero_grad()
             _loss(model, x, y).backward()
-            opt.second_step(update_alpha=True, model=model, inputs=x, targets=y,
-                            criterion=nn.functional.cross_entropy)
+            opt.second_step(
+                update_alpha=True,
+                model=model,
+                inputs=x,
+                targets=y,
+                criterion=nn.functional.cross_entropy,
+            )
         outs.append((opt.search_curve, [p.detach().clone() for p in model.parameters()]))
     np.testing.assert_allclose(np.array(outs[0][0]), np.array(outs[1][0]), rtol=1e-12)
     for a, b in zip(outs[0][1], outs[1][1]):
@@ -300,8 +381,11 @@ def test_batched_search_matches_sequential():
 @pytest.mark.parametrize("case", ["sgd-nesterov-k2", "adamw-search", "rmsprop-generic"])
 def test_cpu_backend_matches_reference(case, dtype):
     base, kw, search = {
-        "sgd-nesterov-k2": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True,
-                                                  weight_decay=1e-3, steps=2), False),
+        "sgd-nesterov-k2": (
+            torch.optim.SGD,
+            dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, steps=2),
+            False,
+        ),
         "adamw-search": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2), True),
         "rmsprop-generic": (torch.optim.RMSprop, dict(lr=1e-2), False),
     }[case]
@@ -309,8 +393,20 @@ def test_cpu_backend_matches_reference(case, dtype):
     models = []
     for backend in ("reference", "cpu"):
         model = _model(dtype)
-        opt = _run_package(model, x, y, 3, search=search, backend=backend, base=base, rho=0.5,
-                           alpha=0.8, adaptive_weights_only=False, alpha_delta=0.5, **kw)
+        opt = _run_package(
+            model,
+            x,
+            y,
+            3,
+            search=search,
+            backend=backend,
+            base=base,
+            rho=0.5,
+            alpha=0.8,
+            adaptive_weights_only=False,
+            alpha_delta=0.5,
+            **kw,
+        )
         assert {b.kernels.name for b in buckets_of(opt)} == {backend}
         models.append((model, opt))
     (m1, o1), (m2, o2) = models

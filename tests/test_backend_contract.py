@@ -9,6 +9,7 @@ reference backend, and must agree to the dtype's tolerance
 reads it, the derived device scalars on ordinary and degenerate sums, packing
 rules, empty lists, and deterministic reductions.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,9 +18,24 @@ import pytest
 import torch
 
 import backends_under_test  # noqa: F401  (fills BACKENDS)
-from backend_contract import (ADAM_CASES, BACKENDS, DTYPE_IDS, DTYPES, ETAS, LAYOUTS,
-                              REFERENCE, RELATIVE, SGD_CASES, Target, assert_case_matches,
-                              assert_scalars_match, clone_case, make_case, make_sc, run_phase)
+from backend_contract import (
+    ADAM_CASES,
+    BACKENDS,
+    DTYPE_IDS,
+    DTYPES,
+    ETAS,
+    LAYOUTS,
+    REFERENCE,
+    RELATIVE,
+    SGD_CASES,
+    Target,
+    assert_case_matches,
+    assert_scalars_match,
+    clone_case,
+    make_case,
+    make_sc,
+    run_phase,
+)
 from xsam_fast import coefficients
 from xsam_fast.backends import base as B
 
@@ -45,8 +61,9 @@ etas = pytest.mark.parametrize("eta", list(ETAS.values()), ids=list(ETAS))
 layouts = pytest.mark.parametrize("layout", LAYOUTS)
 
 
-def _run_both(target: Target, phase: str, dtype, eta, layout, sc_kwargs=None, hyper=None,
-              sizes=None):
+def _run_both(
+    target: Target, phase: str, dtype, eta, layout, sc_kwargs=None, hyper=None, sizes=None
+):
     """(got case, got sc, want case, want sc) of ``phase`` on one case."""
     if phase in target.unsupported:
         pytest.skip(target.unsupported[phase])
@@ -72,8 +89,9 @@ def _sums_close(got_sc, want_sc, entries, dtype, what):
 @dtypes
 @etas
 @layouts
-@pytest.mark.parametrize("phase", ["sumsq", "sumsq_accumulate", "final_sums",
-                                   "final_sums_accumulate"])
+@pytest.mark.parametrize(
+    "phase", ["sumsq", "sumsq_accumulate", "final_sums", "final_sums_accumulate"]
+)
 def test_reductions(target, phase, dtype, eta, layout):
     got_case, got_sc, want_case, want_sc = _run_both(target, phase, dtype, eta, layout)
     assert_case_matches(got_case, want_case)  # read only
@@ -86,8 +104,7 @@ def test_reductions(target, phase, dtype, eta, layout):
 @dtypes
 @etas
 @layouts
-@pytest.mark.parametrize("phase", ["backup_ascent", "ascent", "write_point",
-                                   "write_grad_restore"])
+@pytest.mark.parametrize("phase", ["backup_ascent", "ascent", "write_point", "write_grad_restore"])
 def test_elementwise(target, phase, dtype, eta, layout):
     got_case, got_sc, want_case, want_sc = _run_both(target, phase, dtype, eta, layout)
     assert_case_matches(got_case, want_case)
@@ -99,8 +116,9 @@ def test_elementwise(target, phase, dtype, eta, layout):
 @layouts
 @pytest.mark.parametrize("case", list(SGD_CASES))
 def test_sgd_update(target, case, dtype, eta, layout):
-    got_case, _, want_case, _ = _run_both(target, "sgd_update", dtype, eta, layout,
-                                          hyper=SGD_CASES[case])
+    got_case, _, want_case, _ = _run_both(
+        target, "sgd_update", dtype, eta, layout, hyper=SGD_CASES[case]
+    )
     assert_case_matches(got_case, want_case)
 
 
@@ -109,30 +127,42 @@ def test_sgd_update(target, case, dtype, eta, layout):
 @layouts
 @pytest.mark.parametrize("case", list(ADAM_CASES))
 def test_adam_update(target, case, dtype, eta, layout):
-    got_case, _, want_case, _ = _run_both(target, "adam_update", dtype, eta, layout,
-                                          hyper=ADAM_CASES[case])
+    got_case, _, want_case, _ = _run_both(
+        target, "adam_update", dtype, eta, layout, hyper=ADAM_CASES[case]
+    )
     assert_case_matches(got_case, want_case)
 
 
 # ------------------------------------------------------------------ the skip flag
 @dtypes
-@pytest.mark.parametrize("phase,hyper", [
-    ("sgd_update", SGD_CASES["momentum-wd"]), ("sgd_update", SGD_CASES["init-maximize"]),
-    ("sgd_update", SGD_CASES["plain"]), ("adam_update", ADAM_CASES["adamw"]),
-], ids=["sgd-momentum", "sgd-init", "sgd-plain", "adamw"])
+@pytest.mark.parametrize(
+    "phase,hyper",
+    [
+        ("sgd_update", SGD_CASES["momentum-wd"]),
+        ("sgd_update", SGD_CASES["init-maximize"]),
+        ("sgd_update", SGD_CASES["plain"]),
+        ("adam_update", ADAM_CASES["adamw"]),
+    ],
+    ids=["sgd-momentum", "sgd-init", "sgd-plain", "adamw"],
+)
 def test_found_inf_restores_theta0_and_keeps_state(target, phase, hyper, dtype):
     """With FOUND_INF set (and NaN coefficients, as a bad step has), the update writes
     theta_0 back and leaves the state untouched (fresh momentum buffers: 0)."""
     sc_kwargs = dict(found_inf=True, coeffs=(math.nan, math.inf))
-    got_case, _, want_case, _ = _run_both(target, phase, dtype, None, "contiguous",
-                                          sc_kwargs=sc_kwargs, hyper=hyper)
+    got_case, _, want_case, _ = _run_both(
+        target, phase, dtype, None, "contiguous", sc_kwargs=sc_kwargs, hyper=hyper
+    )
     before = make_case(dtype, target.sizes, device=target.device)
     for i, (p, b) in enumerate(zip(got_case["params"], got_case["backups"])):
         assert torch.equal(p, b), f"params[{i}] is not theta_0"
     for key in ("bufs", "sq"):
         for i, (t, t0) in enumerate(zip(got_case[key], before[key])):
-            if key == "bufs" and phase == "sgd_update" and hyper["init_bufs"] \
-                    and hyper["momentum"] != 0:
+            if (
+                key == "bufs"
+                and phase == "sgd_update"
+                and hyper["init_bufs"]
+                and hyper["momentum"] != 0
+            ):
                 assert not t.any(), f"fresh bufs[{i}] not zeroed"
             else:
                 assert torch.equal(t, t0), f"{key}[{i}] changed"
@@ -142,8 +172,9 @@ def test_found_inf_restores_theta0_and_keeps_state(target, phase, hyper, dtype):
 @dtypes
 @pytest.mark.parametrize("phase", ["backup_ascent", "ascent"])
 def test_found_inf_stops_the_ascent(target, phase, dtype):
-    got_case, _, _, _ = _run_both(target, phase, dtype, None, "contiguous",
-                                  sc_kwargs=dict(found_inf=True, sumsq=math.nan))
+    got_case, _, _, _ = _run_both(
+        target, phase, dtype, None, "contiguous", sc_kwargs=dict(found_inf=True, sumsq=math.nan)
+    )
     before = make_case(dtype, target.sizes, device=target.device)
     for i, (p, p0) in enumerate(zip(got_case["params"], before["params"])):
         assert torch.equal(p, p0), f"params[{i}] moved"
@@ -155,8 +186,9 @@ def test_found_inf_stops_the_ascent(target, phase, dtype):
 @dtypes
 def test_zero_denominator_ascent_moves_nothing(target, dtype):
     """``||g|| + eps = 0`` (a zero gradient, eps = 0): scale 0, not r / 0."""
-    got_case, _, want_case, _ = _run_both(target, "ascent", dtype, None, "contiguous",
-                                          sc_kwargs=dict(sumsq=0.0, eps=0.0))
+    got_case, _, want_case, _ = _run_both(
+        target, "ascent", dtype, None, "contiguous", sc_kwargs=dict(sumsq=0.0, eps=0.0)
+    )
     before = make_case(dtype, target.sizes, device=target.device)
     for i, (p, p0) in enumerate(zip(got_case["params"], before["params"])):
         assert torch.equal(p, p0), f"params[{i}] moved"
@@ -208,10 +240,17 @@ def test_ascent_and_plain_scalars(target, first, flag, sumsq, check):
         pytest.skip(target.unsupported["update_scalars"])
     backend = target.make()
     for name, run, ref in (
-            ("ascent", lambda s: backend.ascent_scalars(s, first=first, check=check),
-             lambda s: coefficients.ascent_scalars(s, first=first, check=check)),
-            ("plain", lambda s: backend.plain_scalars(s, check=check),
-             lambda s: coefficients.plain_scalars(s, check=check))):
+        (
+            "ascent",
+            lambda s: backend.ascent_scalars(s, first=first, check=check),
+            lambda s: coefficients.ascent_scalars(s, first=first, check=check),
+        ),
+        (
+            "plain",
+            lambda s: backend.plain_scalars(s, check=check),
+            lambda s: coefficients.plain_scalars(s, check=check),
+        ),
+    ):
         sc = make_sc(target.device, found_inf=flag, sumsq=sumsq)
         got, want = sc.clone(), sc.clone()
         run(got)
@@ -246,8 +285,10 @@ def test_pack_checks_layout(target):
     with pytest.raises(B.LayoutError):
         backend.pack([torch.zeros(2, 3, device=dev)], like=packed)
     with pytest.raises(B.LayoutError):
-        backend.pack([torch.zeros(2, 3, device=dev, dtype=torch.float64),
-                      torch.zeros(5, device=dev)], like=packed)
+        backend.pack(
+            [torch.zeros(2, 3, device=dev, dtype=torch.float64), torch.zeros(5, device=dev)],
+            like=packed,
+        )
 
 
 def test_fast_backends_refuse_overlapping_tensors(target):
@@ -265,11 +306,11 @@ def test_empty_lists_and_zero_size_tensors(target, dtype):
     for tensors in ([], [torch.zeros(0, dtype=dtype, device=dev)]):
         packed = backend.pack(tensors)
         sc = make_sc(dev)
-        backend.sumsq(packed, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+        backend.sumsq(packed, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
         backend.final_sums(packed, packed, packed, sc[B.SUMS], accumulate=False)
         assert sc[B.SUMSQ].item() == 0 and not sc[B.SUMS].any()
         sc[B.SUMSQ] = 2.0
-        backend.sumsq(packed, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=True)
+        backend.sumsq(packed, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=True)
         assert sc[B.SUMSQ].item() == 2.0
 
 
@@ -281,8 +322,13 @@ def test_reductions_are_deterministic(target, dtype):
     for _ in range(3):
         sc = make_sc(target.device)
         grads = backend.pack(case["grads"])
-        backend.sumsq(grads, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
-        backend.final_sums(backend.pack(case["points"]), backend.pack(case["backups"]), grads,
-                           sc[B.SUMS], accumulate=False)
+        backend.sumsq(grads, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
+        backend.final_sums(
+            backend.pack(case["points"]),
+            backend.pack(case["backups"]),
+            grads,
+            sc[B.SUMS],
+            accumulate=False,
+        )
         results.append(sc.cpu())
     assert all(torch.equal(r, results[0]) for r in results)

@@ -7,6 +7,7 @@
 * an exception anywhere inside a step leaves the parameters at theta_0;
 * sparse gradients are refused with a clear error.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,14 +29,27 @@ def _params():
 
 
 # ------------------------------------------------------------- hyper-parameters
-@pytest.mark.parametrize("name,value", [
-    ("rho", -0.1), ("rho", math.nan), ("rho", math.inf),
-    ("rho_max", -1.0), ("rho_max", math.nan),
-    ("eps", -1e-12), ("eps", math.nan),
-    ("alpha_delta", 0.0), ("alpha_delta", -0.1), ("alpha_delta", math.nan),
-    ("alpha_max", -0.5),
-    ("steps", 0), ("steps", -1), ("steps", 2.0), ("steps", "2"),
-], ids=lambda v: repr(v))
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("rho", -0.1),
+        ("rho", math.nan),
+        ("rho", math.inf),
+        ("rho_max", -1.0),
+        ("rho_max", math.nan),
+        ("eps", -1e-12),
+        ("eps", math.nan),
+        ("alpha_delta", 0.0),
+        ("alpha_delta", -0.1),
+        ("alpha_delta", math.nan),
+        ("alpha_max", -0.5),
+        ("steps", 0),
+        ("steps", -1),
+        ("steps", 2.0),
+        ("steps", "2"),
+    ],
+    ids=lambda v: repr(v),
+)
 def test_bad_hyper_parameter_raises_naming_it(name, value):
     with pytest.raises(ValueError, match=name):
         XSAM(_params(), torch.optim.SGD, lr=0.1, **{name: value})
@@ -73,7 +87,9 @@ def test_angle_clamps_cosine_above_one():
     assert float(sums[2] / (sums[0].sqrt() * sums[1].sqrt())) > 1
     psi, ng, nd = coefficients.angle(sums, 0.0)
     assert float(psi) == 0.0 and float(ng) == 2.0 and float(nd) == 1.0
-    psi, _, _ = coefficients.angle(torch.tensor([4.0, 1.0, -2.0 * (1 + 4e-16)], dtype=torch.float64), 0.0)
+    psi, _, _ = coefficients.angle(
+        torch.tensor([4.0, 1.0, -2.0 * (1 + 4e-16)], dtype=torch.float64), 0.0
+    )
     assert float(psi) == pytest.approx(math.pi, abs=0)
 
 
@@ -112,15 +128,23 @@ def test_parallel_gradient_and_displacement_give_no_nan(dtype):
     v0 = d64 / (d64.norm() + eps)
     v1 = c64 / (c64.norm() + eps)
     expected = -lr * c64.norm() * (v0 + v1) / 2
-    torch.testing.assert_close(theta.detach().double(), expected,
-                               atol=1e-6 if dtype == torch.float32 else 1e-14, rtol=0)
+    torch.testing.assert_close(
+        theta.detach().double(), expected, atol=1e-6 if dtype == torch.float32 else 1e-14, rtol=0
+    )
 
 
 @pytest.mark.parametrize("api", ["authors", "closure"])
 def test_zero_gradient_no_nan_no_move(api):
     model = make_mlp()
-    opt = XSAM(model.parameters(), torch.optim.SGD, backend="reference", rho=0.2, lr=0.1,
-               momentum=0.9, model=model)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        backend="reference",
+        rho=0.2,
+        lr=0.1,
+        momentum=0.9,
+        model=model,
+    )
     start = params_of(model)
     x, y = make_batches("mlp", 1)[0]
 
@@ -137,11 +161,13 @@ def test_zero_gradient_no_nan_no_move(api):
             zero_loss().backward()
             opt.second_step(update_alpha, search_loss=zero_loss)
         else:
+
             def closure():
                 opt.zero_grad()
                 loss = zero_loss()
                 loss.backward()
                 return loss
+
             opt.step(closure, search_loss=zero_loss, update_alpha=update_alpha)
         for p, s in zip(model.parameters(), start):
             assert torch.equal(p, s)
@@ -151,17 +177,28 @@ def test_zero_gradient_no_nan_no_move(api):
 
 
 # ---------------------------------------------------------- non-finite gradients
-BASES = {"sgd-momentum": (torch.optim.SGD, dict(lr=0.1, momentum=0.9)),
-         "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2))}
+BASES = {
+    "sgd-momentum": (torch.optim.SGD, dict(lr=0.1, momentum=0.9)),
+    "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2)),
+}
 
 
-def _good_then_bad(bad_pass: int, value: float, steps: int, nonfinite: str,
-                   base: str = "sgd-momentum"):
+def _good_then_bad(
+    bad_pass: int, value: float, steps: int, nonfinite: str, base: str = "sgd-momentum"
+):
     """A model after one good step, and a closure that poisons pass ``bad_pass`` of the next."""
     model = make_mlp()
     cls, kw = BASES[base]
-    opt = XSAM(model.parameters(), cls, backend="reference", rho=0.2, steps=steps,
-               nonfinite=nonfinite, model=model, **kw)
+    opt = XSAM(
+        model.parameters(),
+        cls,
+        backend="reference",
+        rho=0.2,
+        steps=steps,
+        nonfinite=nonfinite,
+        model=model,
+        **kw,
+    )
     batches = make_batches("mlp", 2)
     closure_step(opt, model, *batches[0])
     x, y = batches[1]
@@ -181,8 +218,11 @@ def _good_then_bad(bad_pass: int, value: float, steps: int, nonfinite: str,
 
 def _snapshot(opt):
     """Every tensor of the base optimizer's state, cloned, keyed by (param, name)."""
-    return {(id(p), name): t.clone() for p, st in opt.base_optimizer.state.items()
-            for name, t in st.items()}
+    return {
+        (id(p), name): t.clone()
+        for p, st in opt.base_optimizer.state.items()
+        for name, t in st.items()
+    }
 
 
 @pytest.mark.parametrize("base", list(BASES))
@@ -244,8 +284,15 @@ class _Boom(Exception):
 @pytest.mark.parametrize("fail_at", [1, 2, 5], ids=["ascent-2", "final", "search-point-3"])
 def test_exception_in_closure_or_search_leaves_theta0(fail_at):
     model = make_mlp()
-    opt = XSAM(model.parameters(), torch.optim.SGD, backend="reference", rho=0.2, lr=0.1,
-               momentum=0.9, steps=2)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        backend="reference",
+        rho=0.2,
+        lr=0.1,
+        momentum=0.9,
+        steps=2,
+    )
     x, y = make_batches("mlp", 1)[0]
     start = params_of(model)
     calls = {"n": 0}
@@ -332,8 +379,9 @@ def test_sparse_gradient_is_refused_clearly(api):
 def test_nonfinite_none_checks_nothing():
     """``nonfinite="none"``: no check, NaN propagates (documented), no warning."""
     model = make_mlp()
-    opt = XSAM(model.parameters(), torch.optim.SGD, backend="reference", rho=0.2, lr=0.1,
-               nonfinite="none")
+    opt = XSAM(
+        model.parameters(), torch.optim.SGD, backend="reference", rho=0.2, lr=0.1, nonfinite="none"
+    )
     x, y = make_batches("mlp", 1)[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")

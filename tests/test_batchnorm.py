@@ -4,6 +4,7 @@ Expected buffers come from a copy of the model taken before the step that runs
 exactly one train-mode forward on the batch: after the XSAM step (ascents, final
 gradient and, where asked, the 21-point search) the buffers must equal it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,16 @@ def _model(bn_momentum):
 @pytest.mark.parametrize("api", ["closure", "authors"])
 def test_running_stats_move_only_in_first_forward(api, steps, search, bn_momentum):
     model = _model(bn_momentum)
-    opt = XSAM(model.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, rho=0.3, steps=steps,
-               model=model if api == "closure" else None, backend="reference")
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        lr=0.1,
+        momentum=0.9,
+        rho=0.3,
+        steps=steps,
+        model=model if api == "closure" else None,
+        backend="reference",
+    )
     for x, y in make_batches("cnn_bn", 3):
         expected = _one_forward_buffers(model, x)
         if api == "closure":
@@ -54,8 +63,9 @@ def test_first_forward_really_updates_running_stats():
     """Guards the test above against a model whose stats never move at all."""
     model = _model(0.1)
     before = model[1].running_mean.clone()
-    opt = XSAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.3, model=model,
-               backend="reference")
+    opt = XSAM(
+        model.parameters(), torch.optim.SGD, lr=0.1, rho=0.3, model=model, backend="reference"
+    )
     x, y = make_batches("cnn_bn", 1)[0]
     closure_step(opt, model, x, y)
     assert not torch.equal(model[1].running_mean, before)
@@ -101,8 +111,9 @@ def test_disabled_helpers_freeze_running_stats(bn_momentum):
 def test_step_does_not_unfreeze_layers_the_user_froze():
     """A closure step inside the user's own disable/enable keeps the layers frozen."""
     model = _model(0.1)
-    opt = XSAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.3, model=model,
-               backend="reference")
+    opt = XSAM(
+        model.parameters(), torch.optim.SGD, lr=0.1, rho=0.3, model=model, backend="reference"
+    )
     x, y = make_batches("cnn_bn", 1)[0]
     xsam_fast.disable_running_stats(model)
     closure_step(opt, model, x, y, update_alpha=True)

@@ -1,5 +1,6 @@
 """The benchmark harness: its baselines compute XSAM's update, tiny runs write their files,
 and the Triton launch counter counts, runs or skips launches."""
+
 from __future__ import annotations
 
 import csv
@@ -60,22 +61,34 @@ def _assert_close(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
 
 
 def _reference(fuse: bool):
-    return lambda ps: XSAM(ps, torch.optim.SGD, rho=RHO, alpha=ALPHA, backend="reference",
-                           fuse_base_update=fuse, **HYPER)
+    return lambda ps: XSAM(
+        ps,
+        torch.optim.SGD,
+        rho=RHO,
+        alpha=ALPHA,
+        backend="reference",
+        fuse_base_update=fuse,
+        **HYPER,
+    )
 
 
 BASELINE_MAKERS = {
-    "authors-style": lambda ps: AuthorsStyleXSAM(ps, torch.optim.SGD, rho=RHO, alpha=ALPHA, **HYPER),
+    "authors-style": lambda ps: AuthorsStyleXSAM(
+        ps, torch.optim.SGD, rho=RHO, alpha=ALPHA, **HYPER
+    ),
     "foreach": lambda ps: ForeachXSAM(ps, torch.optim.SGD, rho=RHO, alpha=ALPHA, **HYPER),
     "compiled": lambda ps: CompiledXSAM(ps, torch.optim.SGD, rho=RHO, alpha=ALPHA, **HYPER),
 }
 
 
 @pytest.mark.parametrize("baseline", list(BASELINE_MAKERS))
-@pytest.mark.parametrize("fuse", [
-    pytest.param(False, id="reference-unfused"),
-    pytest.param(True, id="reference-fused"),
-])
+@pytest.mark.parametrize(
+    "fuse",
+    [
+        pytest.param(False, id="reference-unfused"),
+        pytest.param(True, id="reference-fused"),
+    ],
+)
 def test_baseline_matches_reference(baseline: str, fuse: bool) -> None:
     want = _train(_reference(fuse), backup_param=False)
     got = _train(BASELINE_MAKERS[baseline], backup_param=True)
@@ -93,12 +106,25 @@ def test_resnet18_shapes() -> None:
     assert numel(RESNET18_SHAPES) == 11_173_962
 
 
-def test_bench_step_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_step_smoke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A tiny run writes CSV, Markdown and PNG under results/bench of the current directory."""
     monkeypatch.chdir(tmp_path)
-    rc = bench_step.main(["--sizes", "tiny", "--dtypes", "fp32,bf16", "--repeat", "1",
-                          "--warmup", "0", "--copy-mib", "8"])
+    rc = bench_step.main(
+        [
+            "--sizes",
+            "tiny",
+            "--dtypes",
+            "fp32,bf16",
+            "--repeat",
+            "1",
+            "--warmup",
+            "0",
+            "--copy-mib",
+            "8",
+        ]
+    )
     assert rc == 0
     out_dir = tmp_path / "results" / "bench"
     csvs = list(out_dir.glob("step_cpu_*.csv"))
@@ -129,24 +155,43 @@ def test_bench_step_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 def test_compiled_baseline_needs_two_warmup_steps(tmp_path: Path) -> None:
     """Timing the compiled baseline's compilation is refused, not reported as a step time."""
     with pytest.raises(SystemExit, match="needs --warmup >= 2"):
-        bench_step.main(["--sizes", "tiny", "--backends", "compiled", "--warmup", "1",
-                         "--out", str(tmp_path)])
+        bench_step.main(
+            ["--sizes", "tiny", "--backends", "compiled", "--warmup", "1", "--out", str(tmp_path)]
+        )
 
 
-def _run_module(args: list[str], cwd: Path, env: dict[str, str] | None = None
-                ) -> subprocess.CompletedProcess:
+def _run_module(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_INTERPRET", None)  # the benchmark sets it itself where no GPU is present
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_host_overhead_smoke(tmp_path: Path) -> None:
     """``--host-overhead`` run tiny in a fresh process: one row per implementation and count,
     the slope between the two largest counts, and the targets' verdicts."""
-    proc = _run_module(["benchmarks.bench_step", "--host-overhead", "--counts", "2,3,5",
-                        "--numel", "8", "--steps", "6", "--warmup", "1", "--batch", "2",
-                        "--budget-s", "2"], tmp_path)
+    proc = _run_module(
+        [
+            "benchmarks.bench_step",
+            "--host-overhead",
+            "--counts",
+            "2,3,5",
+            "--numel",
+            "8",
+            "--steps",
+            "6",
+            "--warmup",
+            "1",
+            "--batch",
+            "2",
+            "--budget-s",
+            "2",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out_dir = tmp_path / "results" / "host_overhead"
     csvs = list(out_dir.glob("host_overhead_cpu_*.csv"))
@@ -156,8 +201,10 @@ def test_host_overhead_smoke(tmp_path: Path) -> None:
         assert reader.fieldnames == host_overhead.CSV_COLUMNS
         rows = list(reader)
     available = rows[0]["backends_available"].split()
-    want = {f"xsam:{b}" for b in available if b != "cuda"} | {"torch-sgd-fused",
-                                                              "torch-sgd-foreach"}
+    want = {f"xsam:{b}" for b in available if b != "cuda"} | {
+        "torch-sgd-fused",
+        "torch-sgd-foreach",
+    }
     assert {r["impl"] for r in rows} == want
     assert "xsam:reference" in want
     for impl in want:
@@ -174,8 +221,11 @@ def test_host_overhead_smoke(tmp_path: Path) -> None:
         slope = (float(mine[5]["median_us"]) - float(mine[3]["median_us"])) / 2
         assert float(mine[2]["us_per_added_tensor"]) == pytest.approx(slope, rel=1e-6, abs=1e-6)
     assert "us per added tensor (3-5)" in proc.stdout
-    verdicts = [line.split() for line in proc.stdout.splitlines()
-                if line.startswith("xsam:") and line.split()[-1] in ("yes", "no")]
+    verdicts = [
+        line.split()
+        for line in proc.stdout.splitlines()
+        if line.startswith("xsam:") and line.split()[-1] in ("yes", "no")
+    ]
     assert sorted(v[0] for v in verdicts) == sorted(2 * [i for i in want if i.startswith("xsam:")])
     for v in verdicts:
         row = next(r for r in rows if r["impl"] == v[0] and r["n_tensors"] == "5")
@@ -209,8 +259,9 @@ def double(x, y):
 """
 
 
-def test_triton_launches_counted_run_or_skipped(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_triton_launches_counted_run_or_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Launches are counted per kernel (helpers never), kernels run or are no-ops, and
     leaving the block restores them."""
     pytest.importorskip("triton")

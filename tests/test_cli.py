@@ -2,6 +2,7 @@
 
 CIFAR (reading, preset, end to end) is in ``test_train_cifar.py``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,27 @@ ALPHA_MAX, ALPHA_DELTA = 1.0, 0.25  # a 5-point grid: 0, .25, .5, .75, 1
 
 def _tiny(out: str, *extra: str) -> list[str]:
     # one thread: the fastest for these tiny batches, by far on a busy machine
-    return ["train", "--epochs", "2", "--seeds", "2", "--bs", "256", "--width", "4",
-            "--alpha_max", str(ALPHA_MAX), "--alpha_delta", str(ALPHA_DELTA),
-            "--threads", "1", "--no_progress", "--out", out, *extra]
+    return [
+        "train",
+        "--epochs",
+        "2",
+        "--seeds",
+        "2",
+        "--bs",
+        "256",
+        "--width",
+        "4",
+        "--alpha_max",
+        str(ALPHA_MAX),
+        "--alpha_delta",
+        str(ALPHA_DELTA),
+        "--threads",
+        "1",
+        "--no_progress",
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 @contextlib.contextmanager
@@ -64,10 +83,13 @@ def test_train_prints_the_table(trained):
     rc, stdout, _ = trained
     assert rc == 0, stdout
     assert "test acc % (mean ± std)" in stdout and "time vs SAM" in stdout
-    rows = {line.split("|")[1].strip(): line for line in stdout.splitlines()
-            if line.startswith("| ") and not line.startswith(("| method", "| paired"))}
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in stdout.splitlines()
+        if line.startswith("| ") and not line.startswith(("| method", "| paired"))
+    }
     assert set(rows) == {"SGD", "SAM", "XSAM", "XSAM - SAM", "SAM - SGD"}
-    assert "%" in rows["XSAM"].split("|")[7]   # XSAM's extra time over SAM
+    assert "%" in rows["XSAM"].split("|")[7]  # XSAM's extra time over SAM
     assert rows["SAM"].split("|")[6].strip() == "0/24"  # skipped / steps: 2 seeds x 2 epochs x 6
     assert "40% of the training labels wrong" in stdout  # the default task
     assert "over 2 seeds" in stdout and "wall time" in stdout
@@ -101,7 +123,8 @@ def test_train_writes_log_csv_and_png(trained):
     assert config["dataset"] == "digits" and config["epochs"] == 2
     assert len(records) == 3 * 2 * 2
     assert {(r["method"], r["seed"], r["epoch"]) for r in records} == {
-        (m, s, e) for m in ("sgd", "sam", "xsam") for s in (0, 1) for e in (1, 2)}
+        (m, s, e) for m in ("sgd", "sam", "xsam") for s in (0, 1) for e in (1, 2)
+    }
     for r in records:
         assert 0.0 <= r["test_acc"] <= 1.0 and r["epoch_time_s"] > 0
     with open(os.path.join(out, "metrics.csv"), encoding="utf-8") as f:
@@ -176,9 +199,11 @@ def test_no_subcommand_prints_help(capsys):
     assert "usage: xsam-fast" in out and "train" in out and "plot" in out and "bench" in out
 
 
-@pytest.mark.parametrize("argv", [["--methods", "sgd,adam"], ["--methods", "sam,sam"],
-                                  ["--seeds", "0"], ["--epochs", "0"]],
-                         ids=["unknown-method", "duplicate-method", "zero-seeds", "zero-epochs"])
+@pytest.mark.parametrize(
+    "argv",
+    [["--methods", "sgd,adam"], ["--methods", "sam,sam"], ["--seeds", "0"], ["--epochs", "0"]],
+    ids=["unknown-method", "duplicate-method", "zero-seeds", "zero-epochs"],
+)
 def test_bad_train_flags_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", *argv])
@@ -194,11 +219,26 @@ def test_mo_is_an_alias_of_momentum():
 
 
 def test_python_m_xsam_fast_help():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            filter(
+                None,
+                [
+                    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                    os.environ.get("PYTHONPATH"),
+                ],
+            )
+        ),
+    )
     for argv in (["--help"], ["train", "--help"]):
-        done = subprocess.run([sys.executable, "-m", "xsam_fast", *argv], capture_output=True,
-                              text=True, timeout=120, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "xsam_fast", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert done.returncode == 0, done.stderr
         assert "usage: xsam-fast" in done.stdout
     assert "--rho_max" in done.stdout and "--is_dynamic" in done.stdout and "--seeds" in done.stdout
@@ -208,8 +248,18 @@ def test_summary_statistics_and_paired_time_ratio():
     from xsam_fast.train.report import format_table, summarize
 
     def rec(method, seed, epoch, acc, t, alpha=None):
-        return dict(method=method, seed=seed, epoch=epoch, test_acc=acc, epoch_time_s=t,
-                    alpha=alpha, train_loss=0.5, images_per_s=100.0 / t, skipped_steps=0, steps=10)
+        return dict(
+            method=method,
+            seed=seed,
+            epoch=epoch,
+            test_acc=acc,
+            epoch_time_s=t,
+            alpha=alpha,
+            train_loss=0.5,
+            images_per_s=100.0 / t,
+            skipped_steps=0,
+            steps=10,
+        )
 
     records = []
     for seed, slow in ((0, 1.0), (1, 2.0), (2, 1.0)):  # seed 1 ran on a machine twice as busy
@@ -219,7 +269,9 @@ def test_summary_statistics_and_paired_time_ratio():
     rows = {r["method"]: r for r in summarize(records)}
     assert rows["xsam"]["test_acc_mean"] == pytest.approx(0.9)
     assert rows["xsam"]["test_acc_std"] == pytest.approx(0.1)
-    assert rows["sam"]["test_acc_mean"] == pytest.approx((0.95 + 0.9 + 0.9) / 3)  # last epoch per seed
+    assert rows["sam"]["test_acc_mean"] == pytest.approx(
+        (0.95 + 0.9 + 0.9) / 3
+    )  # last epoch per seed
     assert rows["xsam"]["alpha_mean"] == pytest.approx(1.0)
     assert rows["xsam"]["extra_time_vs_sam_pct"] == pytest.approx(20.0)
     assert rows["sam"]["extra_time_vs_sam_pct"] is None
@@ -246,8 +298,10 @@ def test_overwrite_replaces_an_earlier_run(tmp_path):
     out = str(tmp_path / "out")
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(_tiny(out, "--epochs", "1", "--seeds", "1", "--methods", "sgd")) == 0
-        assert main(_tiny(out, "--epochs", "1", "--seeds", "1", "--methods", "sam",
-                          "--overwrite")) == 0
+        assert (
+            main(_tiny(out, "--epochs", "1", "--seeds", "1", "--methods", "sam", "--overwrite"))
+            == 0
+        )
     _, records = read_log(os.path.join(out, "log.jsonl"))
     assert {r["method"] for r in records} == {"sam"}
 
@@ -277,8 +331,11 @@ def test_lr_nan_is_loud(tmp_path, capsys):
     assert "error: training diverged" in captured.err
     for method in ("SGD", "SAM", "XSAM"):
         assert f"{method}: the training loss was not finite" in captured.err
-    rows = {line.split("|")[1].strip(): line for line in captured.out.splitlines()
-            if line.startswith("| ")}
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in captured.out.splitlines()
+        if line.startswith("| ")
+    }
     assert all("(diverged)" in rows[m] for m in ("SGD", "SAM", "XSAM"))
     xsam = rows["XSAM"]
     assert xsam.split("|")[5].strip() == "-"  # no mean alpha from diverged epochs
@@ -302,7 +359,7 @@ def test_threads_default_to_one_on_digits(tmp_path, capsys):
     out = str(tmp_path / "out")
     argv = [a for a in _tiny(out, "--epochs", "1", "--seeds", "1", "--methods", "sgd")]
     i = argv.index("--threads")
-    del argv[i:i + 2]
+    del argv[i : i + 2]
     torch.set_num_threads(2)
     assert main(argv) == 0
     assert "(1 thread)" in capsys.readouterr().out and torch.get_num_threads() == 1

@@ -9,6 +9,7 @@ items spread over threads; dense permutations other than channels_last; packed l
 reused across calls and re-pointed tensors; per-tensor Adam step counts; the switches
 of ``sgd_update``; and the errors of packing and of calls.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,20 +18,40 @@ import pytest
 import torch
 
 import xsam_fast
-from backend_contract import (ADAM_CASES, DTYPE_IDS, DTYPES, ETAS, REFERENCE, SGD_CASES,
-                              adam_hyper, assert_case_matches, assert_tensor_matches,
-                              clone_case, make_case, make_sc, run_phase, sgd_hyper)
+from backend_contract import (
+    ADAM_CASES,
+    DTYPE_IDS,
+    DTYPES,
+    ETAS,
+    REFERENCE,
+    SGD_CASES,
+    adam_hyper,
+    assert_case_matches,
+    assert_tensor_matches,
+    clone_case,
+    make_case,
+    make_sc,
+    run_phase,
+    sgd_hyper,
+)
 from xsam_fast.backends import base as B
 
 if "cpu" not in xsam_fast.available_backends():
-    pytest.skip(f"cpu backend unavailable: {xsam_fast.backend_status()['cpu']}",
-                allow_module_level=True)
+    pytest.skip(
+        f"cpu backend unavailable: {xsam_fast.backend_status()['cpu']}", allow_module_level=True
+    )
 
 from xsam_fast.backends.cpu import CpuBackend  # noqa: E402
 
 ISAS = CpuBackend.supported_isas()
-ELEMENTWISE = ["backup_ascent", "ascent", "write_point", "write_grad_restore", "sgd_update",
-               "adam_update"]
+ELEMENTWISE = [
+    "backup_ascent",
+    "ascent",
+    "write_point",
+    "write_grad_restore",
+    "sgd_update",
+    "adam_update",
+]
 #: many work items (32K elements each), with small tensors between them
 THREAD_SIZES = [1_000_003, 17, 0, 250_000, 3, 70_001]
 
@@ -75,8 +96,14 @@ def _ascent_by(backend, params, grads, scale: float, *, backup: bool) -> torch.T
     p = backend.pack([params])
     hyper = sgd_hyper(SGD_CASES["plain"])
     hyper[B.H_RADIUS] = scale
-    backend.backup_ascent(p, backend.pack([grads], like=p), backend.pack([backups], like=p),
-                          make_sc(sumsq=1.0, eps=0.0), hyper, backup=backup)
+    backend.backup_ascent(
+        p,
+        backend.pack([grads], like=p),
+        backend.pack([backups], like=p),
+        make_sc(sumsq=1.0, eps=0.0),
+        hyper,
+        backup=backup,
+    )
     return backups
 
 
@@ -127,9 +154,11 @@ def test_16bit_stores_round_to_nearest_even_like_torch(dtype, isa):
         assert got[nan].isnan().all()
         same = got.view(torch.int16) == want.view(torch.int16)
         bad = ~same & ~nan
-        assert not bad.any(), (f"scale {s}: {int(bad.sum())} differ; first at "
-                               f"{int(bad.nonzero()[0])}: {got[bad][0].item()!r} vs "
-                               f"{want[bad][0].item()!r}")
+        assert not bad.any(), (
+            f"scale {s}: {int(bad.sum())} differ; first at "
+            f"{int(bad.nonzero()[0])}: {got[bad][0].item()!r} vs "
+            f"{want[bad][0].item()!r}"
+        )
 
 
 @dtypes
@@ -159,8 +188,7 @@ def test_instruction_sets_agree_bit_for_bit(phase, eta, dtype):
 # ------------------------------------------------------------------ threads
 @etas
 @pytest.mark.parametrize("phase", ["sumsq", "final_sums"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64],
-                         ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=DTYPE_IDS.get)
 def test_reductions_are_bit_identical_on_1_2_3_threads(phase, dtype, eta):
     case = make_case(dtype, sizes=THREAD_SIZES)
 
@@ -203,8 +231,9 @@ def _permuted(case: dict, dims: tuple[int, ...], order: tuple[int, ...]) -> dict
 
 
 @pytest.mark.parametrize("phase", ["sumsq", "final_sums", *ELEMENTWISE])
-@pytest.mark.parametrize("dims,order", [((6, 35), (1, 0)), ((4, 5, 7), (2, 0, 1))],
-                         ids=["transposed", "permuted-3d"])
+@pytest.mark.parametrize(
+    "dims,order", [((6, 35), (1, 0)), ((4, 5, 7), (2, 0, 1))], ids=["transposed", "permuted-3d"]
+)
 def test_dense_permutations_step_in_memory_order(phase, dims, order):
     n = math.prod(dims)
     # float64: the reference's sums are then as exact as ours (float32 sums are not)
@@ -225,8 +254,11 @@ def test_reductions_write_through_any_stride_of_out():
     store = torch.full((7,), -1.0, dtype=torch.float64)
     backend.final_sums(*lists, store[1::2], accumulate=False)
     want = make_sc()
-    REFERENCE.final_sums(*(REFERENCE.pack(case[k]) for k in ("points", "backups", "grads")),
-                         want[B.SUMS], accumulate=False)
+    REFERENCE.final_sums(
+        *(REFERENCE.pack(case[k]) for k in ("points", "backups", "grads")),
+        want[B.SUMS],
+        accumulate=False,
+    )
     assert_tensor_matches(store[1::2], want[B.SUMS], "out")
     assert store[0::2].eq(-1.0).all(), "final_sums wrote between its slots"
 
@@ -256,8 +288,14 @@ def test_a_repointed_tensor_is_stepped_at_its_new_address_or_refused():
     params[0].data = torch.full((5,), 10.0)
     hyper = sgd_hyper(SGD_CASES["plain"])
     hyper[B.H_RADIUS] = 0.25  # scale 0.25 / (sqrt(1) + 0): every value exact
-    backend.backup_ascent(p, g, backend.pack([torch.empty(5), torch.empty(2, 3)], like=p),
-                          make_sc(sumsq=1.0, eps=0.0), hyper, backup=False)
+    backend.backup_ascent(
+        p,
+        g,
+        backend.pack([torch.empty(5), torch.empty(2, 3)], like=p),
+        make_sc(sumsq=1.0, eps=0.0),
+        hyper,
+        backup=False,
+    )
     assert torch.equal(params[0], torch.full((5,), 10.25))
     assert torch.equal(params[1], torch.full((2, 3), 0.25))
     assert not old.any(), "the old storage was written"
@@ -279,10 +317,18 @@ def test_adam_takes_each_tensors_own_step_count(steps_dtype, eta):
     for backend in (CpuBackend(), REFERENCE):
         c = clone_case(case)
         p = backend.pack(c["params"])
-        backend.adam_update(p, p, *(backend.pack(c[k], like=p) for k in
-                                    ("backups", "grads", "bufs", "sq")),
-                            steps, make_sc(), adam_hyper(h), weight_decay=True, decoupled=True,
-                            maximize=False, eta=eta)
+        backend.adam_update(
+            p,
+            p,
+            *(backend.pack(c[k], like=p) for k in ("backups", "grads", "bufs", "sq")),
+            steps,
+            make_sc(),
+            adam_hyper(h),
+            weight_decay=True,
+            decoupled=True,
+            maximize=False,
+            eta=eta,
+        )
         results.append(c)
     assert_case_matches(*results)
 
@@ -302,10 +348,19 @@ def test_sgd_follows_its_switches_not_the_hyper_values(switch):
     for backend in (CpuBackend(), REFERENCE):
         c = clone_case(case)
         p = backend.pack(c["params"])
-        backend.sgd_update(p, p, backend.pack(c["backups"], like=p),
-                           backend.pack(c["grads"], like=p), backend.pack(c["bufs"], like=p),
-                           make_sc(), sgd_hyper(h), nesterov=h["nesterov"], maximize=False,
-                           init_bufs=False, **flags)
+        backend.sgd_update(
+            p,
+            p,
+            backend.pack(c["backups"], like=p),
+            backend.pack(c["grads"], like=p),
+            backend.pack(c["bufs"], like=p),
+            make_sc(),
+            sgd_hyper(h),
+            nesterov=h["nesterov"],
+            maximize=False,
+            init_bufs=False,
+            **flags,
+        )
         results.append(c)
     assert_case_matches(*results)
 
@@ -321,9 +376,15 @@ def test_skipped_ascent_leaves_params_bit_exact_even_with_nonfinite_grads(dtype)
         params = values.clone()
         backups = torch.zeros_like(values)
         p = backend.pack([params])
-        backend.backup_ascent(p, backend.pack([grads], like=p), backend.pack([backups], like=p),
-                              make_sc(found_inf=True), sgd_hyper(SGD_CASES["plain"]),
-                              backup=backup, eta=0.05)
+        backend.backup_ascent(
+            p,
+            backend.pack([grads], like=p),
+            backend.pack([backups], like=p),
+            make_sc(found_inf=True),
+            sgd_hyper(SGD_CASES["plain"]),
+            backup=backup,
+            eta=0.05,
+        )
         assert torch.equal(params.view(torch.uint8), values.view(torch.uint8))
         want = values if backup else torch.zeros_like(values)
         assert torch.equal(backups.view(torch.uint8), want.view(torch.uint8))
@@ -332,17 +393,29 @@ def test_skipped_ascent_leaves_params_bit_exact_even_with_nonfinite_grads(dtype)
 # ------------------------------------------------------------------ errors
 PACK_ERRORS = {
     "meta-device": ([torch.zeros(3, device="meta")], None, "is on meta"),
-    "int-dtype": ([torch.zeros(3, dtype=torch.int32)], None,
-                  "float32, float64, bfloat16 and float16"),
-    "two-dtypes": ([torch.zeros(3), torch.zeros(3, dtype=torch.float64)], None,
-                   "tensor 1 is float64, tensor 0 float32"),
+    "int-dtype": (
+        [torch.zeros(3, dtype=torch.int32)],
+        None,
+        "float32, float64, bfloat16 and float16",
+    ),
+    "two-dtypes": (
+        [torch.zeros(3), torch.zeros(3, dtype=torch.float64)],
+        None,
+        "tensor 1 is float64, tensor 0 float32",
+    ),
     "overlapping": ([torch.zeros(4).expand(3, 4)], None, "not dense and non-overlapping"),
     "strided-slice": ([torch.zeros(4, 4)[:, :2]], None, "not dense and non-overlapping"),
     "like-length": ([torch.zeros(3)], [torch.zeros(3), torch.zeros(2)], "1 tensors, 2 expected"),
-    "like-strides": ([torch.zeros(3, 2).t()], [torch.zeros(2, 3)],
-                     r"strides \[1, 2\]; expected float32 shape \[2, 3\] strides \[3, 1\]"),
-    "like-dtype": ([torch.zeros(3, dtype=torch.float64)], [torch.zeros(3)],
-                   "tensor 0 is float64 shape"),
+    "like-strides": (
+        [torch.zeros(3, 2).t()],
+        [torch.zeros(2, 3)],
+        r"strides \[1, 2\]; expected float32 shape \[2, 3\] strides \[3, 1\]",
+    ),
+    "like-dtype": (
+        [torch.zeros(3, dtype=torch.float64)],
+        [torch.zeros(3)],
+        "tensor 0 is float64 shape",
+    ),
 }
 
 
@@ -360,17 +433,21 @@ def test_lists_packed_apart_must_line_up_at_the_call():
     backend = CpuBackend()
     case = make_case(torch.float32, sizes=[5, 9])
     sc = make_sc()
-    backend.final_sums(*(backend.pack(case[k]) for k in ("points", "backups", "grads")),
-                       sc[B.SUMS], accumulate=False)
+    backend.final_sums(
+        *(backend.pack(case[k]) for k in ("points", "backups", "grads")),
+        sc[B.SUMS],
+        accumulate=False,
+    )
     want = make_sc()
     run_phase(backend, "final_sums", clone_case(case), want)
     assert torch.equal(sc, want)
     points, backups = backend.pack(case["points"]), backend.pack(case["backups"])
-    for grads, message in (([torch.zeros(5), torch.zeros(3, 3)], "grads: tensor 1 is float32"),
-                           ([torch.zeros(5)], "grads has 1 tensors, the first list 2")):
+    for grads, message in (
+        ([torch.zeros(5), torch.zeros(3, 3)], "grads: tensor 1 is float32"),
+        ([torch.zeros(5)], "grads has 1 tensors, the first list 2"),
+    ):
         with pytest.raises(B.LayoutError, match=f"final_sums: {message}"):
-            backend.final_sums(points, backups, backend.pack(grads), sc[B.SUMS],
-                               accumulate=False)
+            backend.final_sums(points, backups, backend.pack(grads), sc[B.SUMS], accumulate=False)
 
 
 def test_bad_call_arguments_raise_clear_errors():
@@ -378,9 +455,9 @@ def test_bad_call_arguments_raise_clear_errors():
     p = backend.pack([torch.zeros(3)])
     sc, hyper = make_sc(), adam_hyper(ADAM_CASES["adamw"])
     with pytest.raises(ValueError, match="weights"):
-        backend.sumsq(p, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False, eta=0.1)
+        backend.sumsq(p, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False, eta=0.1)
     with pytest.raises(ValueError, match="out must be a 1-d float64 CPU tensor of 3"):
-        backend.final_sums(p, p, p, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+        backend.final_sums(p, p, p, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
     with pytest.raises(ValueError, match="sc must be a contiguous 1-d float64"):
         backend.backup_ascent(p, p, p, sc.float(), hyper, backup=True)
     with pytest.raises(ValueError, match="hyper must be"):
@@ -390,10 +467,34 @@ def test_bad_call_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="coeffs must be a 1-d CPU tensor of 2"):
         backend.write_point(p, p, p, p, sc[B.SUMS], eta=None)
     with pytest.raises(ValueError, match="momentum=True needs the momentum bufs"):
-        backend.sgd_update(p, p, p, p, None, sc, hyper, weight_decay=False, momentum=True,
-                           nesterov=False, maximize=False, init_bufs=False)
+        backend.sgd_update(
+            p,
+            p,
+            p,
+            p,
+            None,
+            sc,
+            hyper,
+            weight_decay=False,
+            momentum=True,
+            nesterov=False,
+            maximize=False,
+            init_bufs=False,
+        )
     with pytest.raises(ValueError, match="one step count per tensor"):
-        backend.adam_update(p, p, p, p, p, p, torch.ones(2), sc, hyper, weight_decay=False,
-                            decoupled=True, maximize=False)
+        backend.adam_update(
+            p,
+            p,
+            p,
+            p,
+            p,
+            p,
+            torch.ones(2),
+            sc,
+            hyper,
+            weight_decay=False,
+            decoupled=True,
+            maximize=False,
+        )
     with pytest.raises(ValueError, match="unknown instruction set"):
         CpuBackend.set_isa("sse9")

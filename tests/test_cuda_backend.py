@@ -13,6 +13,7 @@ refusing lists that do not line up and malformed scalar tensors, and on a GPU on
 and updates bit-identical to the emulation, a phase on another stream than the packing,
 CUDA-graph replay with changed device scalars and hyper-parameters, the device guard.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,14 +22,22 @@ import pytest
 import torch
 
 import cuda_emulation
-from backend_contract import (ADAM_CASES, REFERENCE, SGD_CASES, adam_hyper, assert_case_matches,
-                              clone_case, make_case, make_sc, sgd_hyper)
+from backend_contract import (
+    ADAM_CASES,
+    REFERENCE,
+    SGD_CASES,
+    adam_hyper,
+    assert_case_matches,
+    clone_case,
+    make_case,
+    make_sc,
+    sgd_hyper,
+)
 from xsam_fast import backends
 from xsam_fast.backends import base as B
 
 CHUNK = 16384
-IDS = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16",
-       torch.float16: "fp16"}
+IDS = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 class Target:
@@ -95,32 +104,49 @@ def _every_phase(target: Target, case: dict, sc: torch.Tensor) -> dict[str, int]
     """Launches of each phase on ``case`` (mutated)."""
     be = target.backend
     p = be.pack(case["params"])
-    x, b, g, m, v = (be.pack(case[k], like=p) for k in ("points", "backups", "grads", "bufs",
-                                                        "sq"))
+    x, b, g, m, v = (be.pack(case[k], like=p) for k in ("points", "backups", "grads", "bufs", "sq"))
     hyper = sgd_hyper(SGD_CASES["momentum-wd"], target.device)
     adam = adam_hyper(ADAM_CASES["adamw"], target.device)
     steps = torch.full((len(p),), 3.0, device=target.device)
     coeffs = sc[B.COEFFS].clone()
     return {
-        "sumsq": _launches(target, lambda: be.sumsq(g, sc[B.SUMSQ:B.SUMSQ + 1],
-                                                     accumulate=False)),
-        "final_sums": _launches(target, lambda: be.final_sums(x, b, g, sc[B.SUMS],
-                                                               accumulate=True)),
-        "ascent_scalars": _launches(target, lambda: be.ascent_scalars(sc, first=True,
-                                                                      check=True)),
+        "sumsq": _launches(
+            target, lambda: be.sumsq(g, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
+        ),
+        "final_sums": _launches(
+            target, lambda: be.final_sums(x, b, g, sc[B.SUMS], accumulate=True)
+        ),
+        "ascent_scalars": _launches(target, lambda: be.ascent_scalars(sc, first=True, check=True)),
         "update_scalars": _launches(target, lambda: be.update_scalars(sc, check=True)),
         "plain_scalars": _launches(target, lambda: be.plain_scalars(sc, check=True)),
-        "backup_ascent": _launches(target, lambda: be.backup_ascent(p, g, b, sc, hyper,
-                                                                    backup=True, eta=0.05)),
+        "backup_ascent": _launches(
+            target, lambda: be.backup_ascent(p, g, b, sc, hyper, backup=True, eta=0.05)
+        ),
         "write_point": _launches(target, lambda: be.write_point(x, p, b, g, coeffs)),
-        "write_grad_restore": _launches(target, lambda: be.write_grad_restore(p, p, b, g,
-                                                                              coeffs)),
-        "sgd_update": _launches(target, lambda: be.sgd_update(
-            p, p, b, g, m, sc, hyper, weight_decay=True, momentum=True, nesterov=True,
-            maximize=False, init_bufs=False)),
-        "adam_update": _launches(target, lambda: be.adam_update(
-            p, p, b, g, m, v, steps, sc, adam, weight_decay=True, decoupled=True,
-            maximize=False)),
+        "write_grad_restore": _launches(target, lambda: be.write_grad_restore(p, p, b, g, coeffs)),
+        "sgd_update": _launches(
+            target,
+            lambda: be.sgd_update(
+                p,
+                p,
+                b,
+                g,
+                m,
+                sc,
+                hyper,
+                weight_decay=True,
+                momentum=True,
+                nesterov=True,
+                maximize=False,
+                init_bufs=False,
+            ),
+        ),
+        "adam_update": _launches(
+            target,
+            lambda: be.adam_update(
+                p, p, b, g, m, v, steps, sc, adam, weight_decay=True, decoupled=True, maximize=False
+            ),
+        ),
     }
 
 
@@ -135,8 +161,9 @@ def test_constants_agree_with_the_contract(target):
         cpp = cuda_emulation.constants()
     assert cpp.pop("CHUNK") == CHUNK
     cpp.pop("THREADS", None)
-    wrong = {name: (value, getattr(B, name)) for name, value in cpp.items()
-             if getattr(B, name) != value}
+    wrong = {
+        name: (value, getattr(B, name)) for name, value in cpp.items() if getattr(B, name) != value
+    }
     assert not wrong, f"C++ value vs base.py: {wrong}"
     if target.device == "cpu":  # the emulation lists every index: none missing in C++
         indices = {n for n in dir(B) if n.isupper() and isinstance(getattr(B, n), int)}
@@ -162,7 +189,7 @@ def test_many_tensors_and_chunks_step_every_element(target):
     for be, c, sc in ((REFERENCE, want, sc_want), (target.backend, got, sc_got)):
         p = be.pack(c["params"])
         g, b = be.pack(c["grads"], like=p), be.pack(c["backups"], like=p)
-        be.sumsq(g, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+        be.sumsq(g, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
         be.backup_ascent(p, g, b, sc, hyper, backup=True)
     assert_case_matches(got, want)
     assert math.isclose(sc_got[B.SUMSQ].item(), sc_want[B.SUMSQ].item(), rel_tol=1e-5)
@@ -198,19 +225,23 @@ def test_lists_packed_alike_share_one_work_table(target):
         assert be.shares_layout(a, b) and not be.shares_layout(a, c)
     # lists packed apart with the same layout still step together
     sc = make_sc(target.device)
-    be.sumsq(a, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False, weights=c, eta=0.1)
+    be.sumsq(a, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False, weights=c, eta=0.1)
 
 
 # ------------------------------------------------------------------ the grid
 def test_emulated_grid_is_min_of_items_and_resident_blocks(emulated):
     be = emulated.backend
     sc = make_sc()
-    for sms, per_sm, sizes, grid in [(3, 2, [5], 1), (3, 2, [5, CHUNK + 1], 3),
-                                     (3, 2, [20 * CHUNK], 6), (132, 4, [20 * CHUNK], 20),
-                                     (1, 1, [20 * CHUNK], 1)]:
+    for sms, per_sm, sizes, grid in [
+        (3, 2, [5], 1),
+        (3, 2, [5, CHUNK + 1], 3),
+        (3, 2, [20 * CHUNK], 6),
+        (132, 4, [20 * CHUNK], 20),
+        (1, 1, [20 * CHUNK], 1),
+    ]:
         be.set_device(sms, per_sm)
         packed = be.pack([torch.ones(n) for n in sizes])
-        be.sumsq(packed, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+        be.sumsq(packed, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
         assert be.last_grid() == grid, (sms, per_sm, sizes)
 
 
@@ -222,7 +253,7 @@ def test_gpu_grid_fills_the_multiprocessors(gpu):
     sc = make_sc("cuda")
     for nitems in (1, sms, 16 * sms):
         packed = be.pack([torch.ones(nitems * CHUNK, device="cuda", dtype=torch.bfloat16)])
-        be.sumsq(packed, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+        be.sumsq(packed, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
         grid = be.last_grid()
         if nitems <= sms:
             assert grid == nitems
@@ -243,7 +274,7 @@ def test_sums_do_not_depend_on_the_grid(emulated, dtype):
         sc = make_sc()
         p = be.pack(case["points"])
         b, g = be.pack(case["backups"], like=p), be.pack(case["grads"], like=p)
-        be.sumsq(g, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False, weights=b, eta=0.05)
+        be.sumsq(g, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False, weights=b, eta=0.05)
         be.final_sums(p, b, g, sc[B.SUMS], accumulate=False)
         results.append(sc)
     assert all(torch.equal(r, results[0]) for r in results[1:])
@@ -260,8 +291,10 @@ def test_phases_refuse_lists_that_do_not_line_up(target):
     others = {
         "strides": [torch.ones(3, 4, device=dev).t(), torch.ones(5, device=dev)],
         "shapes": [torch.ones(12, device=dev), torch.ones(5, device=dev)],
-        "dtype": [torch.ones(4, 3, device=dev, dtype=torch.float64),
-                  torch.ones(5, device=dev, dtype=torch.float64)],
+        "dtype": [
+            torch.ones(4, 3, device=dev, dtype=torch.float64),
+            torch.ones(5, device=dev, dtype=torch.float64),
+        ],
         "length": [torch.ones(4, 3, device=dev)],
     }
     for what, tensors in others.items():
@@ -286,16 +319,39 @@ def test_phases_refuse_malformed_scalar_tensors(target):
     with pytest.raises(ValueError):
         be.sumsq(g, sc[B.SUMS], accumulate=False)
     with pytest.raises(ValueError):
-        be.sumsq(g, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False, weights=p, eta=0.0)
+        be.sumsq(g, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False, weights=p, eta=0.0)
     with pytest.raises(ValueError):
-        be.sumsq(g, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False, eta=0.1)
+        be.sumsq(g, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False, eta=0.1)
     with pytest.raises(ValueError):
-        be.adam_update(p, p, p, g, g, g, torch.ones(2, device=dev), sc,
-                       adam_hyper(ADAM_CASES["adamw"], dev), weight_decay=False,
-                       decoupled=True, maximize=False)
+        be.adam_update(
+            p,
+            p,
+            p,
+            g,
+            g,
+            g,
+            torch.ones(2, device=dev),
+            sc,
+            adam_hyper(ADAM_CASES["adamw"], dev),
+            weight_decay=False,
+            decoupled=True,
+            maximize=False,
+        )
     with pytest.raises(ValueError):
-        be.sgd_update(p, p, p, g, None, sc, hyper, weight_decay=False, momentum=True,
-                      nesterov=False, maximize=False, init_bufs=False)
+        be.sgd_update(
+            p,
+            p,
+            p,
+            g,
+            None,
+            sc,
+            hyper,
+            weight_decay=False,
+            momentum=True,
+            nesterov=False,
+            maximize=False,
+            init_bufs=False,
+        )
     assert torch.equal(p[0], torch.zeros(7, device=dev)), "a refused call wrote"
 
 
@@ -314,18 +370,31 @@ def test_gpu_is_bit_identical_to_the_emulation(gpu, dtype, eta):
         sc = make_sc(dev)
         p = be.pack(c["params"])
         x, b, g, m = (be.pack(c[k], like=p) for k in ("points", "backups", "grads", "bufs"))
-        be.sumsq(g, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False, weights=b, eta=eta)
+        be.sumsq(g, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False, weights=b, eta=eta)
         be.final_sums(x, b, g, sc[B.SUMS], accumulate=False, eta=eta)
-        be.sgd_update(p, x, b, g, m, sc, sgd_hyper(SGD_CASES["nesterov-dampening"], dev),
-                      weight_decay=True, momentum=True, nesterov=True, maximize=False,
-                      init_bufs=False, eta=eta)
+        be.sgd_update(
+            p,
+            x,
+            b,
+            g,
+            m,
+            sc,
+            sgd_hyper(SGD_CASES["nesterov-dampening"], dev),
+            weight_decay=True,
+            momentum=True,
+            nesterov=True,
+            maximize=False,
+            init_bufs=False,
+            eta=eta,
+        )
         results.append((sc.cpu(), [t.cpu() for t in c["params"] + c["bufs"]]))
     (sc_emu, t_emu), (sc_gpu, t_gpu) = results
     for k in (B.SUMSQ, B.GG, B.DD, B.DG):
         assert sc_gpu[k].item() == sc_emu[k].item(), f"sc[{k}]"
     for i, (a, e) in enumerate(zip(t_gpu, t_emu)):
-        assert torch.equal(a, e), f"tensor {i}: first differing element at " \
-            f"{int((a != e).flatten().nonzero()[0])}"
+        assert torch.equal(a, e), (
+            f"tensor {i}: first differing element at {int((a != e).flatten().nonzero()[0])}"
+        )
 
 
 def test_gpu_phase_on_another_stream_than_the_packing(gpu):
@@ -339,12 +408,12 @@ def test_gpu_phase_on_another_stream_than_the_packing(gpu):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        be.sumsq(g, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+        be.sumsq(g, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
         be.backup_ascent(p, g, b, sc, hyper, backup=True)
     torch.cuda.current_stream().wait_stream(side)
     rp = REFERENCE.pack(want["params"])
     rg, rb = REFERENCE.pack(want["grads"]), REFERENCE.pack(want["backups"])
-    REFERENCE.sumsq(rg, sc_want[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+    REFERENCE.sumsq(rg, sc_want[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
     REFERENCE.backup_ascent(rp, rg, rb, sc_want, hyper, backup=True)
     assert_case_matches(case, want)
 
@@ -361,7 +430,7 @@ def test_gpu_graph_replay_reads_scalars_and_hyper_from_the_device(gpu):
     g, b = be.pack(grads, like=p), be.pack(backups, like=p)
 
     def ascent():
-        be.sumsq(g, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+        be.sumsq(g, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
         be.ascent_scalars(sc, first=True, check=True)
         be.backup_ascent(p, g, b, sc, hyper, backup=True)
 
@@ -400,6 +469,6 @@ def test_gpu_device_guard(gpu):
     sc = make_sc("cuda:1")
     with torch.cuda.device(0):
         p = be.pack(case["grads"])
-        be.sumsq(p, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+        be.sumsq(p, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
     want = sum(float((t.double() ** 2).sum()) for t in case["grads"])
     assert math.isclose(sc[B.SUMSQ].item(), want, rel_tol=1e-5)

@@ -17,6 +17,7 @@ Linking needs a CUDA build of torch (libc10_cuda) and is left to ``setup.py`` on
 machine. Skipped only when nvcc is absent; fails with the compiler's stderr otherwise.
 For both sm_80 and sm_90 by hand: ``benchmarks/cuda_compile_check.sh``.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,10 +37,18 @@ ARCH = "sm_90"
 #: as torch's CUDAExtension passes them (setup.py adds -O3 -fmad=false), plus ptxas -v
 DEFINES = ["-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C_cuda"]
 NVCC_FLAGS = [
-    "-std=c++20", "-O3", "-fmad=false", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
-    "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-    "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC", "-Xptxas=-v",
+    "-std=c++20",
+    "-O3",
+    "-fmad=false",
+    "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
+    "-D__CUDA_NO_HALF_OPERATORS__",
+    "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-D__CUDA_NO_HALF2_OPERATORS__",
+    "--expt-relaxed-constexpr",
+    "-Xcompiler",
+    "-fPIC",
+    "-Xptxas=-v",
 ]
 #: kernels that may have a stack frame (and fused multiply-adds: the math library's)
 SCALAR_KERNELS = ("ascent_scalars_kernel", "update_scalars_kernel", "plain_scalars_kernel")
@@ -57,22 +66,46 @@ def include_flags() -> list[str]:
     return [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
 
 
-def nvcc_command(nvcc: str, source: Path, obj: Path, keep_dir: Path,
-                 arch: str = ARCH) -> list[str]:
-    return [nvcc, "-c", str(source), "-o", str(obj), f"-arch={arch}", *NVCC_FLAGS, *DEFINES,
-            "-keep", "-keep-dir", str(keep_dir), *include_flags()]
+def nvcc_command(nvcc: str, source: Path, obj: Path, keep_dir: Path, arch: str = ARCH) -> list[str]:
+    return [
+        nvcc,
+        "-c",
+        str(source),
+        "-o",
+        str(obj),
+        f"-arch={arch}",
+        *NVCC_FLAGS,
+        *DEFINES,
+        "-keep",
+        "-keep-dir",
+        str(keep_dir),
+        *include_flags(),
+    ]
 
 
 def cxx_command(source: Path, obj: Path) -> list[str]:
     cxx = os.environ.get("CXX", "c++")
-    return [cxx, "-c", str(source), "-o", str(obj), "-std=c++20", "-O0", "-g0", "-fPIC",
-            *DEFINES, *include_flags()]
+    return [
+        cxx,
+        "-c",
+        str(source),
+        "-o",
+        str(obj),
+        "-std=c++20",
+        "-O0",
+        "-g0",
+        "-fPIC",
+        *DEFINES,
+        *include_flags(),
+    ]
 
 
 def _run_all(commands: list[list[str]]) -> list[tuple[list[str], subprocess.CompletedProcess]]:
     """Runs the compilers side by side (CI has two cores); returns each result."""
-    procs = [(cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)) for cmd in commands]
+    procs = [
+        (cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for cmd in commands
+    ]
     results = []
     for cmd, proc in procs:
         out, err = proc.communicate(timeout=1800)
@@ -88,8 +121,11 @@ def demangle(names: list[str]) -> list[str]:
 
 def ptxas_properties(log: str) -> dict[str, tuple[int, int, int]]:
     """function -> (stack frame, spill stores, spill loads) bytes, from ``ptxas -v``."""
-    found = re.findall(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, "
-                       r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    found = re.findall(
+        r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, "
+        r"(\d+) bytes spill stores, (\d+) bytes spill loads",
+        log,
+    )
     names = demangle([f[0] for f in found])
     return {n: (int(f[1]), int(f[2]), int(f[3])) for n, f in zip(names, found)}
 
@@ -99,8 +135,7 @@ def ptx_functions(ptx: str) -> dict[str, str]:
     bodies = re.split(r"\n(?=(?:\.visible |\.weak )?\.(?:entry|func)\b)", ptx)
     named = {}
     for body in bodies:
-        m = re.match(r"(?:\.visible |\.weak )?\.(?:entry|func)\s+(?:\([^)]*\)\s*)?([\w$]+)",
-                     body)
+        m = re.match(r"(?:\.visible |\.weak )?\.(?:entry|func)\s+(?:\([^)]*\)\s*)?([\w$]+)", body)
         if m:
             named[m.group(1)] = body
     return dict(zip(demangle(list(named)), named.values()))
@@ -111,8 +146,10 @@ def compiled(tmp_path_factory):
     """Compiles every source once: (tmp dir, .cu sources, .cpp sources, ptxas logs)."""
     nvcc = find_nvcc()
     if nvcc is None:
-        pytest.skip("nvcc not found (neither on PATH nor in $CUDA_HOME/bin): "
-                    "the CUDA compile check needs the CUDA toolkit")
+        pytest.skip(
+            "nvcc not found (neither on PATH nor in $CUDA_HOME/bin): "
+            "the CUDA compile check needs the CUDA toolkit"
+        )
     tmp = tmp_path_factory.mktemp("cuda_compile")
     cu_sources = sorted(CUDA_DIR.glob("*.cu"))
     cpp_sources = sorted(CUDA_DIR.glob("*.cpp"))
@@ -138,11 +175,17 @@ def test_no_spills_and_no_stack_outside_the_scalar_kernels(compiled):
         props.update(ptxas_properties(logs[s.stem]))
     kernels = [n for n in props if "multi_tensor_kernel" in n]
     assert kernels, "ptxas -v reported no multi-tensor kernel"
-    spills = [f"{n}: {p[1]} B spill stores, {p[2]} B spill loads" for n, p in props.items()
-              if p[1] or p[2]]
+    spills = [
+        f"{n}: {p[1]} B spill stores, {p[2]} B spill loads"
+        for n, p in props.items()
+        if p[1] or p[2]
+    ]
     assert not spills, "kernels spill registers:\n" + "\n".join(spills)
-    stack = [f"{n}: {p[0]} B stack frame" for n, p in props.items()
-             if p[0] and "xsam_cuda::" in n and not any(k in n for k in SCALAR_KERNELS)]
+    stack = [
+        f"{n}: {p[0]} B stack frame"
+        for n, p in props.items()
+        if p[0] and "xsam_cuda::" in n and not any(k in n for k in SCALAR_KERNELS)
+    ]
     assert not stack, "kernels use local memory:\n" + "\n".join(stack)
 
 
@@ -154,10 +197,12 @@ def test_no_fused_multiply_add_in_the_kernels(compiled):
     ours = {n: body for n, body in functions.items() if "xsam_cuda::" in n}
     assert any("multi_tensor_kernel" in n for n in ours), "no multi-tensor kernel in the PTX"
     exempt = ("update_scalars_kernel", "AdamOp<")
-    fused = [f"{n}: {body.count('fma.rn.')} fma" for n, body in ours.items()
-             if "fma.rn." in body and not any(e in n for e in exempt)]
-    assert not fused, ("multiply-adds were contracted (is -fmad=false passed?):\n"
-                       + "\n".join(fused))
+    fused = [
+        f"{n}: {body.count('fma.rn.')} fma"
+        for n, body in ours.items()
+        if "fma.rn." in body and not any(e in n for e in exempt)
+    ]
+    assert not fused, "multiply-adds were contracted (is -fmad=false passed?):\n" + "\n".join(fused)
 
 
 def _symbols(nm: str, obj: Path, undefined: bool) -> set[str]:
@@ -177,8 +222,13 @@ def test_bindings_call_only_defined_functions(compiled):
         defined |= _symbols(nm, tmp / (s.stem + ".cu.o"), undefined=False)
     missing = []
     for s in cpp_sources:
-        needed = {sym for sym in _symbols(nm, tmp / (s.stem + ".cpp.o"), undefined=True)
-                  if sym.startswith("xsam_cuda::")}
+        needed = {
+            sym
+            for sym in _symbols(nm, tmp / (s.stem + ".cpp.o"), undefined=True)
+            if sym.startswith("xsam_cuda::")
+        }
         missing += [f"{s.name}: {sym}" for sym in sorted(needed - defined)]
-    assert not missing, ("the bindings call functions the kernels do not define "
-                         "(declaration and definition disagree?):\n" + "\n".join(missing))
+    assert not missing, (
+        "the bindings call functions the kernels do not define "
+        "(declaration and definition disagree?):\n" + "\n".join(missing)
+    )

@@ -7,6 +7,7 @@ which DCP keeps. The resumed run, in a fresh process, must be bit-identical to t
 uninterrupted one: parameters, alpha, the ``interval`` phase and the next search.
 (The same with FSDP2 on two processes: ``test_distributed.py``.)
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,12 @@ def test_dcp_resume_in_a_fresh_process_is_bit_identical(base, tmp_path):
     ckpt = str(tmp_path / "ckpt")
     uninterrupted = dcp_resume.run("save", ckpt, base)
     out = str(tmp_path / "resumed.pt")
-    subprocess.run([sys.executable, os.path.join(HERE, "dcp_resume.py"), "load", ckpt, out,
-                    base], check=True, cwd=HERE, timeout=300)
+    subprocess.run(
+        [sys.executable, os.path.join(HERE, "dcp_resume.py"), "load", ckpt, out, base],
+        check=True,
+        cwd=HERE,
+        timeout=300,
+    )
     resumed = torch.load(out)
     for a, b in zip(resumed["params"], uninterrupted["params"]):
         assert torch.equal(a, b)

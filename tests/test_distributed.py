@@ -21,6 +21,7 @@ process on the global batch (or per shard):
 * torch.distributed.checkpoint under FSDP2 (``dcp_resume.py``): a resumed run equals the
   uninterrupted one bit for bit.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +50,11 @@ BASES: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
     "plain_sgd": (torch.optim.SGD, dict(lr=0.1, weight_decay=1e-3)),  # linear in G
 }
 CPU_BACKENDS = [b for b in ("reference", "cpu") if b in xsam_fast.available_backends()]
-FSDP_CASES = [(backend, base, api, steps) for backend in CPU_BACKENDS
-              for base, api, steps in (("sgd", "closure", 1), ("adamw", "authors", 2))]
+FSDP_CASES = [
+    (backend, base, api, steps)
+    for backend in CPU_BACKENDS
+    for base, api, steps in (("sgd", "closure", 1), ("adamw", "authors", 2))
+]
 criterion = nn.CrossEntropyLoss()
 
 
@@ -87,15 +91,36 @@ def global_batch(world: int = WORLD) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-def xsam_run(model: nn.Module, batch, *, base: str = "sgd", backend: str = "reference",
-             api: str = "closure", steps: int = 1, search: bool = True, alpha: float = 1.0,
-             n_steps: int = STEPS, base_cls=None, process_group=None, on_step=None
-             ) -> XSAM:
+def xsam_run(
+    model: nn.Module,
+    batch,
+    *,
+    base: str = "sgd",
+    backend: str = "reference",
+    api: str = "closure",
+    steps: int = 1,
+    search: bool = True,
+    alpha: float = 1.0,
+    n_steps: int = STEPS,
+    base_cls=None,
+    process_group=None,
+    on_step=None,
+) -> XSAM:
     """``n_steps`` XSAM steps on ``batch`` (the same mini-batch each step), searching alpha
     at every step; ``on_step(opt)`` runs after each step."""
     cls, hyper = BASES[base]
-    opt = XSAM(model.parameters(), base_cls or cls, rho=RHO, rho_max=RHO_MAX, steps=steps,
-               alpha=alpha, backend=backend, process_group=process_group, model=model, **hyper)
+    opt = XSAM(
+        model.parameters(),
+        base_cls or cls,
+        rho=RHO,
+        rho_max=RHO_MAX,
+        steps=steps,
+        alpha=alpha,
+        backend=backend,
+        process_group=process_group,
+        model=model,
+        **hyper,
+    )
     x, y = batch
 
     def loss_fn():
@@ -147,7 +172,9 @@ def _counting_recorder(out: dict[str, Any]):
             rec["alphas"].append(opt.alpha)
             rec["calls"].append(calls[0])
             calls[0] = 0
+
         return rec, on_step
+
     return recorder
 
 
@@ -182,13 +209,13 @@ def _scenarios(rank: int, out_dir: str) -> dict[str, Any]:
         fully_shard(model)
         name = f"fsdp-{backend}-{base}-{api}-k{steps}"
         rec, on_step = recorder(name, model)
-        opt = xsam_run(model, batch, base=base, backend=backend, api=api, steps=steps,
-                       on_step=on_step)
+        opt = xsam_run(
+            model, batch, base=base, backend=backend, api=api, steps=steps, on_step=on_step
+        )
         rec["params"] = [_full(p) for p in model.parameters()]
         p0 = next(model.parameters())
         theta0 = opt.state[p0]["theta0"]
-        rec["theta0_local"] = (not D.is_dtensor(theta0)
-                               and theta0.shape == p0.to_local().shape)
+        rec["theta0_local"] = not D.is_dtensor(theta0) and theta0.shape == p0.to_local().shape
         rec["local_shapes"] = [tuple(p.to_local().shape) for p in model.parameters()]
 
     # a user group: every rank alone in its group (new_subgroups: collective over all ranks)
@@ -209,8 +236,16 @@ def _scenarios(rank: int, out_dir: str) -> dict[str, Any]:
     model = DDP(make_model())
     rec, on_step = recorder("m_sharpness", model)
     with model.no_sync():
-        xsam_run(model, batch, base="plain_sgd", search=False, alpha=0.5, n_steps=2,
-                 base_cls=D.grad_averaging(torch.optim.SGD), on_step=on_step)
+        xsam_run(
+            model,
+            batch,
+            base="plain_sgd",
+            search=False,
+            alpha=0.5,
+            n_steps=2,
+            base_cls=D.grad_averaging(torch.optim.SGD),
+            on_step=on_step,
+        )
     rec["params"] = [_full(p) for p in model.module.parameters()]
 
     # torch.distributed.checkpoint under FSDP2: save mid-run, resume in fresh objects
@@ -221,8 +256,9 @@ def _scenarios(rank: int, out_dir: str) -> dict[str, Any]:
         saved = dcp_resume.run("save", ckpt, base, model, full=_full)
         model = dcp_resume.make_model()
         fully_shard(model)
-        out[f"dcp-{base}"] = dict(uninterrupted=saved,
-                                  resumed=dcp_resume.run("load", ckpt, base, model, full=_full))
+        out[f"dcp-{base}"] = dict(
+            uninterrupted=saved, resumed=dcp_resume.run("load", ckpt, base, model, full=_full)
+        )
     return out
 
 
@@ -250,8 +286,9 @@ HSDP_WORLD = SCENARIOS["hsdp"][1]
 def _worker(rank: int, port: int, out_dir: str, scenarios: str) -> None:
     run, world = SCENARIOS[scenarios]
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         torch.save(run(rank, out_dir), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -293,8 +330,9 @@ def _reference(batch, **kw) -> tuple[XSAM, list[torch.Tensor], list[float]]:
 
 def _assert_close(actual, expected, what):
     for i, (a, e) in enumerate(zip(actual, expected)):
-        torch.testing.assert_close(a, e, atol=1e-12, rtol=1e-10,
-                                   msg=lambda m, i=i: f"{what} param #{i}: {m}")
+        torch.testing.assert_close(
+            a, e, atol=1e-12, rtol=1e-10, msg=lambda m, i=i: f"{what} param #{i}: {m}"
+        )
 
 
 def _assert_ranks_identical(ranks, name):
@@ -310,8 +348,9 @@ def test_ddp_equals_global_batch_run(ranks):
     model = make_model()
     alphas: list[float] = []
     xsam_run(model, global_batch(), on_step=lambda o: alphas.append(o.alpha))
-    xsam_run(model, global_batch(), search=False, n_steps=2,
-             on_step=lambda o: alphas.append(o.alpha))
+    xsam_run(
+        model, global_batch(), search=False, n_steps=2, on_step=lambda o: alphas.append(o.alpha)
+    )
     assert ranks[0]["ddp"]["alphas"] == alphas
     _assert_close(ranks[0]["ddp"]["params"], list(model.parameters()), "ddp")
 
@@ -339,8 +378,7 @@ def test_fsdp2_equals_unsharded_run(ranks, case):
     backend, base, api, steps = case
     name = f"fsdp-{backend}-{base}-{api}-k{steps}"
     _assert_ranks_identical(ranks, name)
-    _, params, alphas = _reference(global_batch(), base=base, backend=backend, api=api,
-                                   steps=steps)
+    _, params, alphas = _reference(global_batch(), base=base, backend=backend, api=api, steps=steps)
     assert ranks[0][name]["alphas"] == alphas
     _assert_close(ranks[0][name]["params"], params, name)
     # per step: one all-reduce per ascent (||g||^2), one for the final sums, one per search

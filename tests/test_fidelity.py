@@ -10,6 +10,7 @@ well-defined: finite values, eps > 0 (or no zero norm), a positive loss on the
 search grid (cross-entropy). Several consecutive steps each, so momentum buffers
 and the searched alpha carry over.
 """
+
 from __future__ import annotations
 
 import copy
@@ -57,8 +58,9 @@ criterion = nn.CrossEntropyLoss()
 def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, what: str) -> None:
     """Elementwise |a - e| <= atol + rtol |e| (NaN fails); names the first mismatching element."""
     atol, rtol = TOLERANCES[dtype]
-    assert actual.shape == expected.shape, \
+    assert actual.shape == expected.shape, (
         f"{what}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
+    )
     a = actual.detach().double().reshape(-1)
     e = expected.detach().double().reshape(-1)
     bad = ~((a - e).abs() <= atol + rtol * e.abs())
@@ -68,11 +70,13 @@ def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, what: str
         raise AssertionError(
             f"{what}: first mismatch at index {index}: package {a[i].item()!r}, authors "
             f"{e[i].item()!r} (|diff| {abs(a[i] - e[i]).item():.3e}, atol {atol}, rtol {rtol}); "
-            f"{int(bad.sum())} of {a.numel()} elements differ")
+            f"{int(bad.sum())} of {a.numel()} elements differ"
+        )
 
 
-def assert_models_match(package: nn.Module, authors: nn.Module, dtype: torch.dtype,
-                        what: str) -> None:
+def assert_models_match(
+    package: nn.Module, authors: nn.Module, dtype: torch.dtype, what: str
+) -> None:
     """Parameters and BN running mean/variance (``num_batches_tracked`` deliberately differs)."""
     for (name, p), q in zip(package.named_parameters(), authors.parameters()):
         assert_close(p, q, dtype, f"{what}, parameter {name}")
@@ -81,14 +85,19 @@ def assert_models_match(package: nn.Module, authors: nn.Module, dtype: torch.dty
             assert_close(b, c, dtype, f"{what}, buffer {name}")
 
 
-def assert_momentum_match(package_state: dict[str, Any], authors_state: dict[str, Any],
-                          dtype: torch.dtype, what: str) -> None:
+def assert_momentum_match(
+    package_state: dict[str, Any], authors_state: dict[str, Any], dtype: torch.dtype, what: str
+) -> None:
     """The SGD momentum buffers of two ``state_dict()``s, by parameter index."""
     expected = authors_state["state"]
     assert set(package_state["state"]) == set(expected), f"{what}: state keys differ"
     for i, state in expected.items():
-        assert_close(package_state["state"][i]["momentum_buffer"], state["momentum_buffer"],
-                     dtype, f"{what}, momentum buffer of parameter #{i}")
+        assert_close(
+            package_state["state"][i]["momentum_buffer"],
+            state["momentum_buffer"],
+            dtype,
+            f"{what}, momentum buffer of parameter #{i}",
+        )
 
 
 # ------------------------------------------------------------------ set-up
@@ -98,22 +107,37 @@ def twin_models(model_name: str, dtype: torch.dtype) -> tuple[nn.Module, nn.Modu
     return model, copy.deepcopy(model)
 
 
-def authors_optimizer(model: nn.Module, steps: int, rho_max: float, alpha: float,
-                      base: dict[str, Any], rho_per_step: float | None = None,
-                      eps: float = EPS) -> AuthorsXSAM:
+def authors_optimizer(
+    model: nn.Module,
+    steps: int,
+    rho_max: float,
+    alpha: float,
+    base: dict[str, Any],
+    rho_per_step: float | None = None,
+    eps: float = EPS,
+) -> AuthorsXSAM:
     """Their class as their train.py builds it: rho per ascent (``RHO / steps`` by default)."""
     rho = RHO / steps if rho_per_step is None else rho_per_step
-    return AuthorsXSAM(model.parameters(), torch.optim.SGD, steps, rho, rho_max, alpha, 2.0, 0.1,
-                       eps, **base)
+    return AuthorsXSAM(
+        model.parameters(), torch.optim.SGD, steps, rho, rho_max, alpha, 2.0, 0.1, eps, **base
+    )
 
 
-def package_step(opt: XSAM, model: nn.Module, x: Tensor, y: Tensor, api: str,
-                 update_alpha: bool) -> Tensor | None:
+def package_step(
+    opt: XSAM, model: nn.Module, x: Tensor, y: Tensor, api: str, update_alpha: bool
+) -> Tensor | None:
     """One package step through the authors' call sequence or the closure API."""
     if api == "authors_sequence":
-        return train_step(opt, model, criterion, x, y, update_alpha,
-                          enable=xsam_fast.enable_running_stats,
-                          disable=xsam_fast.disable_running_stats)
+        return train_step(
+            opt,
+            model,
+            criterion,
+            x,
+            y,
+            update_alpha,
+            enable=xsam_fast.enable_running_stats,
+            disable=xsam_fast.disable_running_stats,
+        )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -134,8 +158,16 @@ def package_step(opt: XSAM, model: nn.Module, x: Tensor, y: Tensor, api: str,
 def test_fixed_alpha_matches_authors(model_name, dtype, alpha, steps, base, backend):
     """Three consecutive steps with a fixed alpha: parameters, BN statistics, momentum, ||g||."""
     model, theirs = twin_models(model_name, dtype)
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=RHO, steps=steps, alpha=alpha, eps=EPS,
-               backend=backend, **BASES[base])
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=RHO,
+        steps=steps,
+        alpha=alpha,
+        eps=EPS,
+        backend=backend,
+        **BASES[base],
+    )
     ref = authors_optimizer(theirs, steps, 2 * RHO, alpha, BASES[base])
     for n, (x, y) in enumerate(make_batches(model_name, 3, dtype)):
         scale = package_step(opt, model, x, y, "authors_sequence", update_alpha=False)
@@ -155,8 +187,17 @@ def test_closure_api_matches_authors(model_name, dtype, alpha, steps, backend):
     """``step(closure)`` with ``model=`` (BN handled inside) gives the authors' update."""
     model, theirs = twin_models(model_name, dtype)
     base = BASES["weight_decay"]
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=RHO, steps=steps, alpha=alpha, eps=EPS,
-               backend=backend, model=model, **base)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=RHO,
+        steps=steps,
+        alpha=alpha,
+        eps=EPS,
+        backend=backend,
+        model=model,
+        **base,
+    )
     ref = authors_optimizer(theirs, steps, 2 * RHO, alpha, base)
     for n, (x, y) in enumerate(make_batches(model_name, 3, dtype)):
         package_step(opt, model, x, y, "closure", update_alpha=False)
@@ -176,8 +217,18 @@ def test_dynamic_alpha_matches_authors(model_name, steps, api, backend):
     rho_max = SEARCH_RHO_MAX
     model, theirs = twin_models(model_name, dtype)
     base = BASES["weight_decay"]
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=RHO, steps=steps, rho_max=rho_max,
-               alpha=1.0, eps=EPS, backend=backend, model=model, **base)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=RHO,
+        steps=steps,
+        rho_max=rho_max,
+        alpha=1.0,
+        eps=EPS,
+        backend=backend,
+        model=model,
+        **base,
+    )
     ref = authors_optimizer(theirs, steps, rho_max, 1.0, base)
     chosen = []
     for n, (x, y) in enumerate(make_batches(model_name, 9, dtype)):
@@ -188,9 +239,12 @@ def test_dynamic_alpha_matches_authors(model_name, steps, api, backend):
         if search:
             assert max(loss for _, loss in ref.curve) > 0  # the regime where both rules agree
             assert [a for a, _ in opt.search_curve] == [a for a, _ in ref.curve], what
-            assert_close(torch.tensor([loss for _, loss in opt.search_curve]),
-                         torch.tensor([loss for _, loss in ref.curve]), dtype,
-                         f"{what}, search curve")
+            assert_close(
+                torch.tensor([loss for _, loss in opt.search_curve]),
+                torch.tensor([loss for _, loss in ref.curve]),
+                dtype,
+                f"{what}, search curve",
+            )
             chosen.append(ref.alpha)
         assert opt.alpha == ref.alpha, f"{what}: alpha {opt.alpha} vs authors {ref.alpha}"
         assert_models_match(model, theirs, dtype, what)
@@ -205,8 +259,16 @@ def test_num_batches_tracked_counts_steps_not_passes(steps, api):
     one per grid point when searching), the package one per step; running statistics agree."""
     dtype = torch.float64
     model, theirs = twin_models("cnn_bn", dtype)
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=RHO, steps=steps,
-               rho_max=SEARCH_RHO_MAX, eps=EPS, model=model, **BASES["momentum"])
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=RHO,
+        steps=steps,
+        rho_max=SEARCH_RHO_MAX,
+        eps=EPS,
+        model=model,
+        **BASES["momentum"],
+    )
     ref = authors_optimizer(theirs, steps, SEARCH_RHO_MAX, 1.0, BASES["momentum"])
     batches = make_batches("cnn_bn", 3, dtype)
     for n, (x, y) in enumerate(batches):
@@ -237,8 +299,8 @@ class _PassDependent(nn.Module):
         self.passes += 1
         out = (torch.tanh(self.a * x) ** 2).sum()
         if first:
-            return out + (self.early ** 2).sum()
-        return out + 0.1 * (self.late ** 3).sum()
+            return out + (self.early**2).sum()
+        return out + 0.1 * (self.late**3).sum()
 
 
 def _sum_loss(out: Tensor, _target: Any) -> Tensor:
@@ -252,21 +314,38 @@ def test_gradient_sets_changing_between_passes(api, backend):
     theta_0 is kept, the first is stepped, the second restored and left alone (two steps)."""
     model, theirs = _PassDependent(), _PassDependent()
     base = dict(lr=0.1, momentum=0.9)
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=RHO, steps=2, alpha=0.5, eps=EPS,
-               backend=backend, **base)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=RHO,
+        steps=2,
+        alpha=0.5,
+        eps=EPS,
+        backend=backend,
+        **base,
+    )
     ref = authors_optimizer(theirs, 2, 2 * RHO, 0.5, base)
     x = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64)
     for n in range(2):
         if api == "authors_sequence":
-            train_step(opt, model, _sum_loss, x, None, False,
-                       enable=xsam_fast.enable_running_stats,
-                       disable=xsam_fast.disable_running_stats)
+            train_step(
+                opt,
+                model,
+                _sum_loss,
+                x,
+                None,
+                False,
+                enable=xsam_fast.enable_running_stats,
+                disable=xsam_fast.disable_running_stats,
+            )
         else:
+
             def closure() -> Tensor:
                 opt.zero_grad()
                 loss = model(x)
                 loss.backward()
                 return loss
+
             opt.step(closure)
         train_step(ref, theirs, _sum_loss, x, None, False)
         assert_models_match(model, theirs, torch.float64, f"step {n}")
@@ -287,7 +366,7 @@ class _ConcaveLine(nn.Module):
 
 
 def _concave_loss(out: Tensor, _target: Any) -> Tensor:
-    return -0.5 * (out ** 2).sum()
+    return -0.5 * (out**2).sum()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -297,13 +376,22 @@ def test_opposite_directions_take_the_degenerate_rule(alpha, backend):
     codes use (v0 + v1)/2 = 0 whatever alpha, so only weight decay moves the weight."""
     model, theirs = _ConcaveLine(), _ConcaveLine()
     base = dict(lr=0.1, momentum=0.9, weight_decay=1e-2)
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=RHO, alpha=alpha, eps=0.0,
-               backend=backend, **base)
+    opt = XSAM(
+        model.parameters(), torch.optim.SGD, rho=RHO, alpha=alpha, eps=0.0, backend=backend, **base
+    )
     ref = authors_optimizer(theirs, 1, 2 * RHO, alpha, base, eps=0.0)
     x = torch.ones(1, dtype=torch.float64)
     for n in range(2):
-        train_step(opt, model, _concave_loss, x, None, False,
-                   enable=xsam_fast.enable_running_stats, disable=xsam_fast.disable_running_stats)
+        train_step(
+            opt,
+            model,
+            _concave_loss,
+            x,
+            None,
+            False,
+            enable=xsam_fast.enable_running_stats,
+            disable=xsam_fast.disable_running_stats,
+        )
         train_step(ref, theirs, _concave_loss, x, None, False)
         assert_close(model.w, theirs.w, torch.float64, f"step {n}, w")
     assert opt.stats()["psi"] == pytest.approx(np.pi)
@@ -324,13 +412,25 @@ def test_compat_class_with_per_step_rho(steps, dynamic, backend):
     rho_per_step = RHO / steps  # their train.py: args.rho / args.steps
     model, theirs = twin_models("cnn_bn", dtype)
     base = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)  # their train.py defaults
-    opt = CompatXSAM(model.parameters(), torch.optim.SGD, steps, rho_per_step, SEARCH_RHO_MAX,
-                     1.0, 2.0, 0.1, EPS, backend=backend, **base)
+    opt = CompatXSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        steps,
+        rho_per_step,
+        SEARCH_RHO_MAX,
+        1.0,
+        2.0,
+        0.1,
+        EPS,
+        backend=backend,
+        **base,
+    )
     ref = authors_optimizer(theirs, steps, SEARCH_RHO_MAX, 1.0, base, rho_per_step=rho_per_step)
     for n, (x, y) in enumerate(make_batches("cnn_bn", 6, dtype)):
         search = dynamic and n % 3 == 0
-        scale = train_step(opt, model, criterion, x, y, search,
-                           enable=authors_enable, disable=authors_disable)
+        scale = train_step(
+            opt, model, criterion, x, y, search, enable=authors_enable, disable=authors_disable
+        )
         expected_scale = train_step(ref, theirs, criterion, x, y, search)
         what = f"step {n}"
         assert_close(scale.reshape(1), expected_scale.reshape(1), dtype, f"{what}, ||g||")

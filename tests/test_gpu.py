@@ -4,6 +4,7 @@ What the phases compute on a GPU is checked by ``test_backend_contract.py`` (tar
 ``triton-cuda``). Skipped (not passed) where no CUDA device is visible;
 ``benchmarks/gpu_check.sh`` runs these on a GPU machine (with tests/test_cuda_backend.py).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,15 @@ from torch import nn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-from backend_contract import (ADAM_CASES, SGD_CASES, adam_hyper, clone_case,  # noqa: E402
-                              make_case, make_sc, sgd_hyper)
+from backend_contract import (
+    ADAM_CASES,
+    SGD_CASES,
+    adam_hyper,
+    clone_case,
+    make_case,
+    make_sc,
+    sgd_hyper,
+)
 from xsam_fast import XSAM  # noqa: E402
 from xsam_fast.backends import backend_status  # noqa: E402
 from xsam_fast.backends import base as B  # noqa: E402
@@ -51,22 +59,33 @@ class _Step:
     def __init__(self, tb, case, device=DEV, sc=None, hyper=None):
         self.tb, self.sgd = tb, SGD
         self.params = tb.pack(case["params"])
-        self.grads, self.backups, self.bufs = (tb.pack(case[k], like=self.params)
-                                               for k in ("grads", "backups", "bufs"))
+        self.grads, self.backups, self.bufs = (
+            tb.pack(case[k], like=self.params) for k in ("grads", "backups", "bufs")
+        )
         self.sc = make_sc(device) if sc is None else sc
         self.hyper = sgd_hyper(SGD, device) if hyper is None else hyper
 
     def run(self) -> None:
         tb, sc, h = self.tb, self.sc, self.sgd
-        tb.sumsq(self.grads, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+        tb.sumsq(self.grads, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
         tb.ascent_scalars(sc, first=True, check=True)
         tb.backup_ascent(self.params, self.grads, self.backups, sc, self.hyper, backup=True)
         tb.final_sums(self.params, self.backups, self.grads, sc[B.SUMS], accumulate=False)
         tb.update_scalars(sc, check=True)
-        tb.sgd_update(self.params, self.params, self.backups, self.grads, self.bufs, sc,
-                      self.hyper, weight_decay=h["weight_decay"] != 0,
-                      momentum=h["momentum"] != 0, nesterov=h["nesterov"],
-                      maximize=h["maximize"], init_bufs=h["init_bufs"])
+        tb.sgd_update(
+            self.params,
+            self.params,
+            self.backups,
+            self.grads,
+            self.bufs,
+            sc,
+            self.hyper,
+            weight_decay=h["weight_decay"] != 0,
+            momentum=h["momentum"] != 0,
+            nesterov=h["nesterov"],
+            maximize=h["maximize"],
+            init_bufs=h["init_bufs"],
+        )
 
     def state(self) -> list[torch.Tensor]:
         return [t.clone() for t in (*self.params, *self.bufs, *self.backups, self.sc)]
@@ -93,11 +112,22 @@ def test_triton_phases_make_no_host_sync(tb, layout):
         step.run()
         sq = tb.pack(case["sq"], like=step.params)
         tb.write_point(step.bufs, step.params, step.backups, step.grads, coeffs, eta=0.05)
-        tb.adam_update(step.params, step.params, step.backups, step.grads, step.bufs, sq, steps,
-                       step.sc, hyper_adam, weight_decay=True, decoupled=True, maximize=False)
+        tb.adam_update(
+            step.params,
+            step.params,
+            step.backups,
+            step.grads,
+            step.bufs,
+            sq,
+            steps,
+            step.sc,
+            hyper_adam,
+            weight_decay=True,
+            decoupled=True,
+            maximize=False,
+        )
         tb.plain_scalars(step.sc, check=True)
-        tb.write_grad_restore(step.params, step.params, step.backups, step.grads,
-                              step.sc[B.COEFFS])
+        tb.write_grad_restore(step.params, step.params, step.backups, step.grads, step.sc[B.COEFFS])
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
@@ -145,20 +175,20 @@ def test_triton_tensor_over_2_31_elements(tb):
     p = torch.zeros(n, dtype=torch.bfloat16, device=DEV)
     g = torch.zeros_like(p)
     tail = torch.arange(1, 5000, device=DEV, dtype=torch.float32) / 1000
-    g[-tail.numel():] = tail.to(torch.bfloat16)
+    g[-tail.numel() :] = tail.to(torch.bfloat16)
     g[:3] = 1.0
     b = torch.empty_like(p)
     params = tb.pack([p])
     assert params.layout.large
     grads, backups = tb.pack([g], like=params), tb.pack([b], like=params)
     sc = make_sc(DEV, eps=0.0)
-    tb.sumsq(grads, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False)
+    tb.sumsq(grads, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False)
     expected = float((tail.to(torch.bfloat16).double() ** 2).sum()) + 3.0
     assert abs(sc[B.SUMSQ].item() - expected) <= 1e-5 * expected
     hyper = torch.zeros(B.NHYPER, dtype=torch.float64, device=DEV)
     hyper[B.H_RADIUS] = 2 * sc[B.SUMSQ].sqrt()  # ascent scale 2 exactly
     tb.backup_ascent(params, grads, backups, sc, hyper, backup=True)
-    assert torch.equal(p[-tail.numel():], (2 * g[-tail.numel():].float()).to(torch.bfloat16))
+    assert torch.equal(p[-tail.numel() :], (2 * g[-tail.numel() :].float()).to(torch.bfloat16))
     assert torch.equal(p[:3].float(), torch.full((3,), 2.0, device=DEV))
     assert int((b != 0).sum()) == 0
 
@@ -201,8 +231,13 @@ def test_triton_launches_on_the_tensors_device(tb):
 # ------------------------------------------------------------------ optimizer level
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).to(DEV)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 10),
+    ).to(DEV)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -210,8 +245,17 @@ def test_triton_step_makes_no_host_sync(tm, dtype):
     model = _model().to(dtype)
     x = torch.randn(16, 3, 8, 8, device=DEV, dtype=dtype)
     y = torch.randint(0, 10, (16,), device=DEV)
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.05, backend="triton", model=model,
-               nonfinite="none", lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.05,
+        backend="triton",
+        model=model,
+        nonfinite="none",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+    )
     loss_fn = nn.CrossEntropyLoss()
 
     def closure():
@@ -240,8 +284,16 @@ def test_triton_optimizer_matches_reference_on_cuda(dtype):
         x = torch.randn(16, 3, 8, 8, device=DEV, generator=torch.Generator(DEV).manual_seed(1))
         x = x.to(dtype)
         y = torch.arange(16, device=DEV) % 10
-        opt = XSAM(model.parameters(), torch.optim.AdamW, rho=0.05, alpha=0.7, backend=backend,
-                   model=model, lr=1e-3, weight_decay=0.05)
+        opt = XSAM(
+            model.parameters(),
+            torch.optim.AdamW,
+            rho=0.05,
+            alpha=0.7,
+            backend=backend,
+            model=model,
+            lr=1e-3,
+            weight_decay=0.05,
+        )
         loss_fn = nn.CrossEntropyLoss()
 
         def closure():

@@ -1,5 +1,6 @@
 """``benchmarks/gpu_check.sh``, proven before a GPU is available: its dry run (every stage
 on the CPU with tiny sizes), and its bookkeeping when stages fail or time runs out."""
+
 from __future__ import annotations
 
 import os
@@ -14,20 +15,36 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-STAGES = ["install", "build", "gpu-tests", "contract", "bandwidth", "resnet18", "launches", "syncs",
-          "compiled"]
+STAGES = [
+    "install",
+    "build",
+    "gpu-tests",
+    "contract",
+    "bandwidth",
+    "resnet18",
+    "launches",
+    "syncs",
+    "compiled",
+]
 #: what comes back from the device machine: at most 8 files
 FILES = {"gpu_check.log", "summary.md", "results.tar.gz"}
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="needs bash and coreutils' timeout")
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None,
+    reason="needs bash and coreutils' timeout",
+)
 
 
 def _run(out: Path, *args: str, **env: str) -> tuple[int, str, dict[str, str]]:
     """Run the script; (exit status, summary text, {stage: status})."""
-    proc = subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "OUT": str(out),
-                                            "PYTHON": sys.executable, **env})
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OUT": str(out), "PYTHON": sys.executable, **env},
+    )
     assert {p.name for p in out.iterdir()} == FILES, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = (out / "summary.md").read_text()
     table = dict(re.findall(r"^\| ([a-z0-9-]+) \| ([^|]+?) \| \d+ \| \d+ \|$", summary, re.M))
@@ -47,8 +64,14 @@ def test_dry_run(tmp_path: Path) -> None:
     expected = "ok" if triton.group(1) == "available" else "skipped"
     assert table["launches"] == expected and table["syncs"] == expected, summary
     assert rc == 0
-    for line in ("- date: ", "- GPU: none visible to torch", "- driver: ", "- torch: ",
-                 "- triton: ", "- whole run: "):
+    for line in (
+        "- date: ",
+        "- GPU: none visible to torch",
+        "- driver: ",
+        "- torch: ",
+        "- triton: ",
+        "- whole run: ",
+    ):
         assert line in summary
     assert "collected" in summary  # the test stages collect only in a dry run
     if expected == "ok":

@@ -9,6 +9,7 @@ micro-batches in the same order. Also: checkpoint save/resume restores alpha
 and XSAM's counters, and the misuses the recipe cannot serve raise.
 transformers is an optional dependency (the ``recipes`` and ``test`` extras).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,6 +37,7 @@ def hf(monkeypatch):
     """The recipe module (``examples/`` on sys.path, as the script runs)."""
     monkeypatch.syspath_prepend(EXAMPLES)
     import hf_trainer_xsam
+
     return hf_trainer_xsam
 
 
@@ -48,24 +50,38 @@ def train_plain(hf, cfg, xsam: dict, max_grad_norm: float | None = 1.0):
     """
     model = hf.make_model(cfg)
     named = list(model.named_parameters())
-    groups = [{"params": [p for n, p in named if "norm" not in n],
-               "weight_decay": cfg.weight_decay},
-              {"params": [p for n, p in named if "norm" in n], "weight_decay": 0.0}]
-    opt = XSAM(groups, torch.optim.AdamW, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, model=model,
-               max_grad_norm=max_grad_norm, **xsam)
+    groups = [
+        {"params": [p for n, p in named if "norm" not in n], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in named if "norm" in n], "weight_decay": 0.0},
+    ]
+    opt = XSAM(
+        groups,
+        torch.optim.AdamW,
+        lr=cfg.lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        model=model,
+        max_grad_norm=max_grad_norm,
+        **xsam,
+    )
     data = hf.make_dataset(cfg)
     window = cfg.batch_size * cfg.grad_accum
     steps = cfg.epochs * math.ceil(len(data) / window)
-    sched = get_scheduler("linear", opt, num_warmup_steps=cfg.warmup_steps,
-                          num_training_steps=steps)
+    sched = get_scheduler(
+        "linear", opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=steps
+    )
     model.train()
     lrs = []
     for _ in range(cfg.epochs):
         for i, start in enumerate(range(0, len(data), window)):
             end = min(start + window, len(data))
-            micro = [{k: torch.stack([d[k] for d in data[s:min(s + cfg.batch_size, end)]])
-                      for k in ("input_ids", "labels")}
-                     for s in range(start, end, cfg.batch_size)]
+            micro = [
+                {
+                    k: torch.stack([d[k] for d in data[s : min(s + cfg.batch_size, end)]])
+                    for k in ("input_ids", "labels")
+                }
+                for s in range(start, end, cfg.batch_size)
+            ]
             tokens = torch.tensor(float(sum(int(b["labels"][:, 1:].ne(-100).sum()) for b in micro)))
 
             def loss_of(batch, tokens=tokens):
@@ -82,14 +98,18 @@ def train_plain(hf, cfg, xsam: dict, max_grad_norm: float | None = 1.0):
                 return total
 
             lrs.append(opt.param_groups[0]["lr"])
-            opt.step(closure, search_loss=lambda micro=micro: sum(loss_of(b) for b in micro),
-                     update_alpha=i == 0)
+            opt.step(
+                closure,
+                search_loss=lambda micro=micro: sum(loss_of(b) for b in micro),
+                update_alpha=i == 0,
+            )
             sched.step()
     return model, opt, lrs
 
 
-def assert_same_parameters(got: torch.nn.Module, want: torch.nn.Module, atol: float,
-                           rtol: float) -> None:
+def assert_same_parameters(
+    got: torch.nn.Module, want: torch.nn.Module, atol: float, rtol: float
+) -> None:
     """Every parameter equal within ``atol + rtol * |want|``; names the first element off."""
     want_params = dict(want.named_parameters())
     for name, p in got.named_parameters():
@@ -97,28 +117,35 @@ def assert_same_parameters(got: torch.nn.Module, want: torch.nn.Module, atol: fl
         bad = ((a - b).abs() > atol + rtol * b.abs()).nonzero()
         if len(bad):
             i = int(bad[0])
-            raise AssertionError(f"{name}: {len(bad)} of {a.numel()} elements off; first at {i}: "
-                                 f"got {a[i].item()!r}, want {b[i].item()!r}")
+            raise AssertionError(
+                f"{name}: {len(bad)} of {a.numel()} elements off; first at {i}: "
+                f"got {a[i].item()!r}, want {b[i].item()!r}"
+            )
 
 
 def logged_learning_rates(trainer) -> list[float]:
     return [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
 
 
-@pytest.mark.parametrize("precision,grad_accum", [("fp32", 1), ("fp32", 2), ("bf16", 2)],
-                         ids=["fp32-accum1", "fp32-accum2", "bf16-accum2"])
+@pytest.mark.parametrize(
+    "precision,grad_accum",
+    [("fp32", 1), ("fp32", 2), ("bf16", 2)],
+    ids=["fp32-accum1", "fp32-accum2", "bf16-accum2"],
+)
 def test_trainer_matches_plain_loop(hf, tmp_path, precision, grad_accum):
     # 20 samples: with accumulation the epoch's last window holds one micro-batch
-    cfg = hf.HFRecipeConfig(epochs=2, samples=20, batch_size=4, grad_accum=grad_accum,
-                            bf16=precision == "bf16")
+    cfg = hf.HFRecipeConfig(
+        epochs=2, samples=20, batch_size=4, grad_accum=grad_accum, bf16=precision == "bf16"
+    )
     trainer = hf.train_hf(cfg, str(tmp_path))
     model, opt, lrs = train_plain(hf, cfg, hf.XSAM_KWARGS)
 
     got = trainer.xsam
     steps = cfg.epochs * math.ceil(cfg.samples / (cfg.batch_size * grad_accum))
     assert got.step_count == opt.step_count == trainer.state.global_step == steps
-    assert [(h["step"], h["alpha"]) for h in got.search_history] == \
-        [(h["step"], h["alpha"]) for h in opt.search_history]
+    assert [(h["step"], h["alpha"]) for h in got.search_history] == [
+        (h["step"], h["alpha"]) for h in opt.search_history
+    ]
     assert [h["step"] for h in got.search_history] == [0, steps // 2]  # once per epoch
     # the Trainer's scheduler set XSAM's learning rate: warm-up, then linear decay
     assert logged_learning_rates(trainer) == pytest.approx(lrs, rel=1e-6)
@@ -126,16 +153,22 @@ def test_trainer_matches_plain_loop(hf, tmp_path, precision, grad_accum):
     assert lrs[cfg.warmup_steps] == pytest.approx(cfg.lr) and lrs[-1] < cfg.lr / 2
     assert_same_parameters(trainer.model, model, *TOLERANCES[precision])
     initial = hf.make_model(cfg)
-    moved = max(float((p - q).detach().abs().max())
-                for p, q in zip(model.parameters(), initial.parameters()))
+    moved = max(
+        float((p - q).detach().abs().max())
+        for p, q in zip(model.parameters(), initial.parameters())
+    )
     assert moved > 1e-3  # training did change the parameters
 
 
 def test_bf16_autocasts_every_pass(hf, tmp_path):
     """With bf16=True each XSAM pass (and the search) runs the model's matmuls in bf16."""
     cfg = hf.HFRecipeConfig(epochs=1, samples=8, batch_size=4, grad_accum=2, bf16=True)
-    trainer = hf.XSAMTrainer(model=hf.make_model(cfg), args=hf.make_args(cfg, str(tmp_path)),
-                             train_dataset=hf.make_dataset(cfg), xsam=hf.XSAM_KWARGS)
+    trainer = hf.XSAMTrainer(
+        model=hf.make_model(cfg),
+        args=hf.make_args(cfg, str(tmp_path)),
+        train_dataset=hf.make_dataset(cfg),
+        xsam=hf.XSAM_KWARGS,
+    )
     dtypes = []
     trainer.model.lm_head.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
     trainer.train()
@@ -155,15 +188,21 @@ class AlphaAtStart(TrainerCallback):
 def test_resume_restores_alpha_and_counters(hf, tmp_path):
     cfg = hf.HFRecipeConfig(epochs=2, samples=32, batch_size=4, grad_accum=2)
     xsam = {**hf.XSAM_KWARGS, "alpha": 0.1}  # an initial alpha the searches move away from
-    full = hf.train_hf(cfg, str(tmp_path / "full"), xsam=xsam, save_strategy="steps",
-                       save_steps=6)  # 4 steps per epoch: saved mid-epoch 2, after its search
+    full = hf.train_hf(
+        cfg, str(tmp_path / "full"), xsam=xsam, save_strategy="steps", save_steps=6
+    )  # 4 steps per epoch: saved mid-epoch 2, after its search
     saved = full.xsam.state_dict()
     checkpoint = str(tmp_path / "full" / "checkpoint-6")
     assert os.path.isdir(checkpoint)
 
     start = AlphaAtStart()
-    resumed = hf.train_hf(cfg, str(tmp_path / "resumed"), xsam=xsam,
-                          resume_from_checkpoint=checkpoint, callbacks=[start])
+    resumed = hf.train_hf(
+        cfg,
+        str(tmp_path / "resumed"),
+        xsam=xsam,
+        resume_from_checkpoint=checkpoint,
+        callbacks=[start],
+    )
     history = [(h["step"], h["alpha"]) for h in full.xsam.search_history]
     assert [s for s, _ in history] == [0, 4]
     assert history[1][1] != xsam["alpha"]  # else this test could not tell a restored alpha
@@ -189,8 +228,12 @@ def test_misuse_is_loud(hf, tmp_path):
     plain = XSAM(model.parameters(), torch.optim.SGD, lr=0.1)
     with pytest.raises(TypeError, match="creates its optimizer"):
         hf.XSAMTrainer(model=model, args=args, train_dataset=data, optimizers=(plain, None))
-    trainer = hf.XSAMTrainer(model=model, args=args, train_dataset=data,
-                             optimizer_cls_and_kwargs=(torch.optim.SGD, {"params": [], "lr": 0.1}))
+    trainer = hf.XSAMTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        optimizer_cls_and_kwargs=(torch.optim.SGD, {"params": [], "lr": 0.1}),
+    )
     with pytest.raises(ValueError, match="own parameter groups"):
         trainer.create_optimizer()
     opt = hf.TrainerXSAM(model.parameters(), torch.optim.SGD, lr=0.1)

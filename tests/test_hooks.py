@@ -7,13 +7,17 @@ hooks fire once around the base update (whether it is fused, when the base
 ``step()`` never runs, or not), with :meth:`XSAM.step`, with the manual API, and
 for each plain step of ``interval > 1``.
 """
+
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from conftest import authors_step, closure_step, make_batches, make_mlp
@@ -25,6 +29,7 @@ N = 4
 def _count(counter: Counter, name: str):
     def hook(opt, args, kwargs):
         counter[(name, type(opt).__name__)] += 1
+
     return hook
 
 
@@ -35,15 +40,26 @@ def test_every_hook_fires_once_per_step(api, fuse, interval):
     if api == "authors" and interval > 1:
         pytest.skip("interval is a schedule of step(); the manual API is one XSAM step a call")
     model = make_mlp()
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, steps=2, lr=0.1, momentum=0.9,
-               fuse_base_update=fuse, interval=interval, backend="reference")
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.2,
+        steps=2,
+        lr=0.1,
+        momentum=0.9,
+        fuse_base_update=fuse,
+        interval=interval,
+        backend="reference",
+    )
     seen: Counter = Counter()
-    handles = [opt.register_step_pre_hook(_count(seen, "pre")),
-               opt.register_step_post_hook(_count(seen, "post")),
-               opt.base_optimizer.register_step_pre_hook(_count(seen, "pre")),
-               opt.base_optimizer.register_step_post_hook(_count(seen, "post")),
-               register_optimizer_step_pre_hook(_count(seen, "global-pre")),
-               register_optimizer_step_post_hook(_count(seen, "global-post"))]
+    handles = [
+        opt.register_step_pre_hook(_count(seen, "pre")),
+        opt.register_step_post_hook(_count(seen, "post")),
+        opt.base_optimizer.register_step_pre_hook(_count(seen, "pre")),
+        opt.base_optimizer.register_step_post_hook(_count(seen, "post")),
+        register_optimizer_step_pre_hook(_count(seen, "global-pre")),
+        register_optimizer_step_post_hook(_count(seen, "global-post")),
+    ]
     try:
         for x, y in make_batches("mlp", N):
             if api == "closure":
@@ -53,17 +69,30 @@ def test_every_hook_fires_once_per_step(api, fuse, interval):
     finally:
         for h in handles:
             h.remove()
-    assert seen == Counter({("pre", "XSAM"): N, ("post", "XSAM"): N, ("pre", "SGD"): N,
-                            ("post", "SGD"): N, ("global-pre", "XSAM"): N,
-                            ("global-post", "XSAM"): N})
+    assert seen == Counter(
+        {
+            ("pre", "XSAM"): N,
+            ("post", "XSAM"): N,
+            ("pre", "SGD"): N,
+            ("post", "SGD"): N,
+            ("global-pre", "XSAM"): N,
+            ("global-post", "XSAM"): N,
+        }
+    )
 
 
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
 def test_ema_in_a_post_hook_sees_one_update_per_step(fuse):
     model = make_mlp()
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
-    opt = XSAM(model.parameters(), torch.optim.AdamW, rho=0.2, lr=1e-2, fuse_base_update=fuse,
-               backend="reference")
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.AdamW,
+        rho=0.2,
+        lr=1e-2,
+        fuse_base_update=fuse,
+        backend="reference",
+    )
     opt.register_step_post_hook(lambda o, a, k: ema.update_parameters(model))
     for x, y in make_batches("mlp", N):
         closure_step(opt, model, x, y)

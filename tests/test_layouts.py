@@ -7,6 +7,7 @@ their gradients have the same strides, so the fused kernels step them in memory
 order. A parameter that is a view one element into a larger storage is misaligned
 for 16-byte vector loads; only that tensor may take the scalar path.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -26,7 +27,7 @@ class _Net(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.conv1 = nn.Conv2d(3, 6, 3, bias=False)  # a bias before BN has a ~0 gradient,
-        self.bn = nn.BatchNorm2d(6)                    # which AdamW would amplify to noise
+        self.bn = nn.BatchNorm2d(6)  # which AdamW would amplify to noise
         self.conv2 = nn.Conv2d(6, 5, 3, bias=False)
         self.to(memory_format=torch.channels_last)
         storage = torch.randn(5 * 4 + 1) * 0.1
@@ -40,18 +41,23 @@ class _Net(nn.Module):
 
 def _run(backend: str, base: str, steps: int = 3) -> tuple[nn.Module, XSAM]:
     model = _Net()
-    cls, kw = {"sgd": (torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
-               "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2))}[base]
-    opt = XSAM(model.parameters(), cls, rho=0.2, steps=2, alpha=0.7, backend=backend,
-               model=model, **kw)
+    cls, kw = {
+        "sgd": (torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
+        "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2)),
+    }[base]
+    opt = XSAM(
+        model.parameters(), cls, rho=0.2, steps=2, alpha=0.7, backend=backend, model=model, **kw
+    )
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 3, 7, 7, generator=gen).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 4, (4,), generator=gen)
     for _ in range(steps):
+
         def closure():
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             return loss
+
         opt.step(closure)
     return model, opt
 
@@ -64,8 +70,10 @@ def test_the_layouts_are_what_this_test_needs():
 
 
 @pytest.mark.parametrize("base", ["sgd", "adamw"])
-@pytest.mark.parametrize("backend", FAST or [pytest.param("none", marks=pytest.mark.skip(
-    reason="no fused backend runs here"))])
+@pytest.mark.parametrize(
+    "backend",
+    FAST or [pytest.param("none", marks=pytest.mark.skip(reason="no fused backend runs here"))],
+)
 def test_channels_last_and_misaligned_stay_fused_and_match_reference(backend, base):
     with backend_loaded(backend):
         got, opt = _run(backend, base)
@@ -92,11 +100,11 @@ def test_a_gradient_with_other_strides_takes_the_reference_path():
 def test_parameter_storage_replaced_between_steps(backend):
     """``p.data = ...`` (what moving or re-materialising a model does) between steps: the
     step acts on the new storage, as the reference backend does."""
+
     def run(name: str) -> list[torch.Tensor]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
-        opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, momentum=0.9,
-                   backend=name)
+        opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, momentum=0.9, backend=name)
         x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
         for i in range(3):
             if i == 1:

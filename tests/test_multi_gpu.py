@@ -5,6 +5,7 @@ live on that bucket's device: a step on ``cuda:1`` while ``cuda:0`` is current, 
 a model split over ``cuda:0`` and ``cuda:1``, must equal the same step on the CPU's
 reference backend (sums over both devices combined, scalars copied back).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,7 @@ from torch import nn
 import xsam_fast
 from xsam_fast import XSAM
 
-pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2,
-                                reason="needs two CUDA devices")
+pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 GPU_BACKENDS = [b for b in ("triton", "cuda") if b in xsam_fast.available_backends()]
 
 
@@ -33,24 +33,38 @@ class _Split(nn.Module):
 
 def _train(backend: str, first: str, second: str) -> list[torch.Tensor]:
     model = _Split(first, second)
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, steps=2, lr=0.1, momentum=0.9,
-               backend=backend, model=model)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.2,
+        steps=2,
+        lr=0.1,
+        momentum=0.9,
+        backend=backend,
+        model=model,
+    )
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)
     for i in range(3):
+
         def closure():
             out = model(x)
             loss = nn.functional.cross_entropy(out, y.to(out.device))
             loss.backward()
             return loss
-        opt.step(closure, search_loss=lambda: nn.functional.cross_entropy(
-            model(x), y.to(model.b.weight.device)), update_alpha=(i == 1))
+
+        opt.step(
+            closure,
+            search_loss=lambda: nn.functional.cross_entropy(model(x), y.to(model.b.weight.device)),
+            update_alpha=(i == 1),
+        )
     torch.cuda.synchronize()
     return [p.detach().cpu() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("devices", [("cuda:1", "cuda:1"), ("cuda:0", "cuda:1")],
-                         ids=["cuda1-only", "two-devices"])
+@pytest.mark.parametrize(
+    "devices", [("cuda:1", "cuda:1"), ("cuda:0", "cuda:1")], ids=["cuda1-only", "two-devices"]
+)
 @pytest.mark.parametrize("backend", GPU_BACKENDS or ["none"])
 def test_steps_where_the_parameters_are(backend, devices):
     if backend == "none":

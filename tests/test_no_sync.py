@@ -9,12 +9,13 @@ Python data with a ``device`` argument, and every tensor made from Python floats
 anywhere (hyper-parameters must reach the device without one). Integer tables built
 on the host (the Triton backend's pointer tables of a new gradient list) are the
 arguments of a multi-tensor launch, copied from pinned memory with
-``non_blocking=True``; they are allowed, and the GPU tests check that copy (the closure's own forward and
-backward are the user's and are not watched), on every backend that runs here,
-in the default configuration (fixed alpha, ``nonfinite="warn"``), with SGD and
-AdamW, one and two ascents. The GPU tests confirm it with
+``non_blocking=True``; they are allowed, and the GPU tests check that copy. The
+closure's own forward and backward are the user's and are not watched. Checked on
+every backend that runs here, in the default configuration (fixed alpha,
+``nonfinite="warn"``), with SGD and AdamW, one and two ascents. The GPU tests confirm it with
 ``torch.cuda.set_sync_debug_mode("error")``.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,17 @@ from conftest import STEP_BACKENDS, backend_loaded
 from xsam_fast import XSAM
 
 #: methods that read a device value on the host
-READS = {Tensor.item, Tensor.tolist, Tensor.__bool__, Tensor.__float__, Tensor.__int__,
-         Tensor.__index__, Tensor.__format__, Tensor.cpu, Tensor.numpy}
+READS = {
+    Tensor.item,
+    Tensor.tolist,
+    Tensor.__bool__,
+    Tensor.__float__,
+    Tensor.__int__,
+    Tensor.__index__,
+    Tensor.__format__,
+    Tensor.cpu,
+    Tensor.numpy,
+}
 #: factories that copy Python data to the device when given it
 FROM_DATA = {torch.tensor, torch.as_tensor}
 
@@ -45,8 +55,12 @@ class SyncSpy(TorchFunctionMode):
         if self.watching:
             if func in READS:
                 self.calls.append(func.__name__)
-            elif func in FROM_DATA and args and not isinstance(args[0], Tensor) and (
-                    "device" in kwargs or _has_float(args[0])):
+            elif (
+                func in FROM_DATA
+                and args
+                and not isinstance(args[0], Tensor)
+                and ("device" in kwargs or _has_float(args[0]))
+            ):
                 self.calls.append(f"{func.__name__}({args[0]!r})")
         return func(*args, **kwargs)
 
@@ -60,12 +74,15 @@ def _has_float(data) -> bool:
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 6 * 6, 5))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)
+    )
 
 
-BASES = {"sgd": (torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
-         "adamw": (torch.optim.AdamW, dict(lr=1e-3, weight_decay=1e-2))}
+BASES = {
+    "sgd": (torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    "adamw": (torch.optim.AdamW, dict(lr=1e-3, weight_decay=1e-2)),
+}
 
 
 @pytest.mark.parametrize("steps", [1, 2])
@@ -115,15 +132,32 @@ def test_the_spy_sees_synchronisations():
         torch.tensor([3], device="cpu")  # onto a device
         torch.as_tensor(t)  # a tensor: no copy from Python data
         torch.tensor([1, 2])  # a host integer table (a launch's argument)
-    assert spy.calls == ["__bool__", "__float__", "__int__", "item", "tolist", "cpu", "numpy",
-                         "__format__", "tensor([1.0])", "as_tensor(2.0)", "tensor([3])"]
+    assert spy.calls == [
+        "__bool__",
+        "__float__",
+        "__int__",
+        "item",
+        "tolist",
+        "cpu",
+        "numpy",
+        "__format__",
+        "tensor([1.0])",
+        "as_tensor(2.0)",
+        "tensor([3])",
+    ]
 
 
 def test_raise_mode_reads_the_flag():
     """``nonfinite="raise"`` is documented to read the flag on the host: the spy sees it."""
     model = _model()
-    opt = XSAM(model.parameters(), torch.optim.SGD, lr=0.05, backend="reference",
-               nonfinite="raise", model=model)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        lr=0.05,
+        backend="reference",
+        nonfinite="raise",
+        model=model,
+    )
     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))
     spy = SyncSpy()
 

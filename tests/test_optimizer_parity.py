@@ -6,6 +6,7 @@ the reference; this file holds whole training runs to it: several steps of SGD
 (RMSprop), ASAM's geometry, per-group rho with clipping and an interval, two
 ascents, in float64 and float32. Tolerances: float64 1e-12, float32 2e-5 relative.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -18,16 +19,25 @@ from xsam_fast import XSAM
 FAST = [b for b in STEP_BACKENDS if b != "reference"]
 
 CASES = {
-    "sgd-nesterov-k2": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True,
-                                              weight_decay=1e-3, steps=2), False),
+    "sgd-nesterov-k2": (
+        torch.optim.SGD,
+        dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, steps=2),
+        False,
+    ),
     "adamw-search": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2), True),
     "sgd-search-k2": (torch.optim.SGD, dict(lr=0.05, momentum=0.9, steps=2), True),
     "rmsprop-unfused": (torch.optim.RMSprop, dict(lr=1e-2), False),
     "asam-adamw": (torch.optim.AdamW, dict(lr=1e-2, adaptive=True, eta=0.05), True),
-    "asam-all-sgd": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, adaptive=True,
-                                           adaptive_weights_only=False), False),
-    "groups-clip-interval": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, max_grad_norm=0.5,
-                                                   interval=2), False),
+    "asam-all-sgd": (
+        torch.optim.SGD,
+        dict(lr=0.1, momentum=0.9, adaptive=True, adaptive_weights_only=False),
+        False,
+    ),
+    "groups-clip-interval": (
+        torch.optim.SGD,
+        dict(lr=0.1, momentum=0.9, max_grad_norm=0.5, interval=2),
+        False,
+    ),
 }
 
 
@@ -41,10 +51,14 @@ def _train(backend: str, case: str, dtype: torch.dtype, n_steps: int = 4):
     kw = dict(kw)
     model = _model(dtype)
     params = list(model.parameters())
-    groups = ([{"params": params[:2], "rho": 0.1}, {"params": params[2:], "rho": 0.3}]
-              if case.startswith("groups") else params)
-    opt = XSAM(groups, cls, rho=kw.pop("rho", 0.2), alpha=0.8, alpha_delta=0.25,
-               backend=backend, **kw)
+    groups = (
+        [{"params": params[:2], "rho": 0.1}, {"params": params[2:], "rho": 0.3}]
+        if case.startswith("groups")
+        else params
+    )
+    opt = XSAM(
+        groups, cls, rho=kw.pop("rho", 0.2), alpha=0.8, alpha_delta=0.25, backend=backend, **kw
+    )
     gen = torch.Generator().manual_seed(1)
     for i in range(n_steps):
         x = torch.randn(12, 6, generator=gen, dtype=torch.float64).to(dtype)
@@ -56,8 +70,10 @@ def _train(backend: str, case: str, dtype: torch.dtype, n_steps: int = 4):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("backend", FAST or [pytest.param("none", marks=pytest.mark.skip(
-    reason="no fused backend runs here"))])
+@pytest.mark.parametrize(
+    "backend",
+    FAST or [pytest.param("none", marks=pytest.mark.skip(reason="no fused backend runs here"))],
+)
 def test_optimizer_matches_reference(backend, case, dtype):
     with backend_loaded(backend):
         got, opt = _train(backend, case, dtype)

@@ -5,6 +5,7 @@ assumes from the surrounding text (``model``, ``loader``, ``criterion``...)
 defined; the examples that need several processes or a GPU (DDP, FSDP2, fp16 on
 CUDA, the Lightning method) are covered by their own tests instead.
 """
+
 from __future__ import annotations
 
 import re
@@ -51,8 +52,10 @@ def test_closure_api_and_dynamic_alpha():
 def test_authors_call_sequence():
     model = bn_model()
     gen = torch.Generator().manual_seed(0)
-    loader = [(torch.randn(8, 10, generator=gen), torch.randint(0, 2, (8,), generator=gen))
-              for _ in range(2)]
+    loader = [
+        (torch.randn(8, 10, generator=gen), torch.randint(0, 2, (8,), generator=gen))
+        for _ in range(2)
+    ]
     before = snapshot(model)
     ns = dict(torch=torch, model=model, loader=loader, criterion=nn.CrossEntropyLoss())
     exec(block("from xsam_fast import XSAM, disable_running_stats"), ns)
@@ -63,8 +66,18 @@ def test_authors_call_sequence():
 
 
 def test_compat_drop_in():
-    args = types.SimpleNamespace(steps=2, rho=0.05, rho_max=0.2, alpha=1.0, alpha_max=2.0,
-                                 alpha_delta=0.1, eps=1e-12, lr=0.1, mo=0.9, wd=5e-4)
+    args = types.SimpleNamespace(
+        steps=2,
+        rho=0.05,
+        rho_max=0.2,
+        alpha=1.0,
+        alpha_max=2.0,
+        alpha_delta=0.1,
+        eps=1e-12,
+        lr=0.1,
+        mo=0.9,
+        wd=5e-4,
+    )
     ns = dict(model=bn_model(), optim=torch.optim, args=args)
     exec(block("from xsam_fast.compat import XSAM"), ns)
     # the authors' per-step rho, times the steps: xsam_fast's total rho
@@ -73,8 +86,13 @@ def test_compat_drop_in():
 
 def test_option_examples_construct():
     model = bn_model()
-    ns = dict(torch=torch, XSAM=__import__("xsam_fast").XSAM, model=model,
-              backbone=model[:3], head=model[3])
+    ns = dict(
+        torch=torch,
+        XSAM=__import__("xsam_fast").XSAM,
+        model=model,
+        backbone=model[:3],
+        head=model[3],
+    )
     exec(block("# interval: XSAM on calls 0, 2, 4"), ns)
     assert ns["opt"].adaptive
 

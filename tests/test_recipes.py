@@ -7,6 +7,7 @@ equal those of ``recipe_common.train_plain`` under the same seeds. Lightning and
 Accelerate are optional dependencies (``pip install "xsam-fast[recipes]"``, also
 in the ``test`` extra).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,6 +23,7 @@ def recipes(monkeypatch):
     """``examples/`` on sys.path (the recipes import ``recipe_common`` as scripts do)."""
     monkeypatch.syspath_prepend(EXAMPLES)
     import recipe_common
+
     return recipe_common
 
 
@@ -40,10 +42,17 @@ def _assert_same_training(got, want, initial: torch.nn.Module) -> None:
     state, state_ref = model.state_dict(), model_ref.state_dict()
     assert list(state) == list(state_ref)
     for name in state:
-        torch.testing.assert_close(state[name], state_ref[name], atol=1e-6, rtol=1e-6,
-                                   msg=lambda m, name=name: f"{name}: {m}")
-    moved = max(float((p - q).detach().abs().max()) for p, q in zip(model_ref.parameters(),
-                                                                      initial.parameters()))
+        torch.testing.assert_close(
+            state[name],
+            state_ref[name],
+            atol=1e-6,
+            rtol=1e-6,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
+    moved = max(
+        float((p - q).detach().abs().max())
+        for p, q in zip(model_ref.parameters(), initial.parameters())
+    )
     assert moved > 1e-3  # training did change the parameters
 
 

@@ -1,4 +1,5 @@
 """Alpha search: strategies, batched evaluation, schedule, search log, plots, diagnostic."""
+
 from __future__ import annotations
 
 import copy
@@ -8,7 +9,6 @@ import random
 import pytest
 import torch
 from conftest import criterion, make_batches, make_cnn_bn, make_mlp
-from torch import nn
 
 import xsam_fast
 from xsam_fast.coefficients import alpha_grid
@@ -26,6 +26,7 @@ def counting(curve):
     def evaluate(batch):
         calls.append(list(batch))
         return [curve(a) for a in batch]
+
     return evaluate, calls
 
 
@@ -36,7 +37,7 @@ def unimodal_curves(n=400, seed=0):
         shape = rng.choice(["abs", "square", "sqrt", "gauss"])
         if shape == "gauss":
             sd = rng.uniform(0.05, 1.0)
-            yield lambda a, c=c, w=w, sd=sd: 1.0 + w * math.exp(-(a - c) ** 2 / (2 * sd * sd))
+            yield lambda a, c=c, w=w, sd=sd: 1.0 + w * math.exp(-((a - c) ** 2) / (2 * sd * sd))
         else:
             e = {"abs": 1.0, "square": 2.0, "sqrt": 0.5}[shape]
             yield lambda a, c=c, w=w, e=e: 10.0 - w * abs(a - c) ** e
@@ -66,12 +67,18 @@ def test_fast_strategies_equal_grid_on_unimodal_curves(strategy):
 def test_fast_strategies_other_grids(strategy, alpha_max, delta):
     alphas = alpha_grid(alpha_max, delta)
     for curve in unimodal_curves(100, seed=1):
-        assert STRATEGIES[strategy](alphas, counting(curve)[0])[0] == grid_search(alphas, counting(curve)[0])[0]
+        assert (
+            STRATEGIES[strategy](alphas, counting(curve)[0])[0]
+            == grid_search(alphas, counting(curve)[0])[0]
+        )
 
 
 def test_coarse_finds_the_global_bump_that_fibonacci_misses():
     def curve(a):  # broad bump at 0.3, higher narrow bump at 1.6
-        return (1.0 + 0.6 * math.exp(-(a - 0.3) ** 2 / 0.5) + 0.9 * math.exp(-(a - 1.6) ** 2 / 0.05))
+        return (
+            1.0 + 0.6 * math.exp(-((a - 0.3) ** 2) / 0.5) + 0.9 * math.exp(-((a - 1.6) ** 2) / 0.05)
+        )
+
     best = grid_search(GRID, counting(curve)[0])[0]
     assert abs(best - 1.6) < 1e-9
     assert STRATEGIES["fibonacci"](GRID, counting(curve)[0])[0] != best  # a local maximum
@@ -93,6 +100,7 @@ def test_live_search_counts_forward_passes(strategy):
     def search_loss():
         calls.append(1)
         return criterion(model(x), y)
+
     opt = xsam_fast.XSAM(model.parameters(), lr=0.1, model=model, search=strategy)
     _step(opt, model, x, y, search_loss=search_loss, update_alpha=True)
     rec = opt.search_history[-1]
@@ -109,18 +117,28 @@ def _step(opt, model, x, y, **kw):
         loss = criterion(model(x), y)
         loss.backward()
         return loss
+
     return opt.step(closure, **kw)
 
 
 def _run(dtype, search_batch, api, model_fn=make_cnn_bn, name="cnn_bn", search="grid"):
     model = model_fn(dtype)
-    opt = xsam_fast.XSAM(model.parameters(), lr=0.1, momentum=0.9, model=model,
-                         search_batch=search_batch, search=search)
+    opt = xsam_fast.XSAM(
+        model.parameters(),
+        lr=0.1,
+        momentum=0.9,
+        model=model,
+        search_batch=search_batch,
+        search=search,
+    )
     for x, y in make_batches(name, 3, dtype):
         if api == "closure":
-            _step(opt, model, x, y, search_loss=ModelLoss(model, x, y, criterion), update_alpha=True)
+            _step(
+                opt, model, x, y, search_loss=ModelLoss(model, x, y, criterion), update_alpha=True
+            )
         else:  # the authors' call sequence: second_step builds the ModelLoss
             from conftest import authors_step
+
             authors_step(opt, model, x, y, steps=1, update_alpha=True)
     return opt, model
 
@@ -135,9 +153,12 @@ def test_batched_search_equals_sequential_on_bn_model(dtype, api, k):
     for s, b in zip(seq_opt.search_history, bat_opt.search_history):
         assert s["alpha"] == b["alpha"]
         assert [a for a, _ in s["curve"]] == [a for a, _ in b["curve"]]
-        torch.testing.assert_close(torch.tensor([v for _, v in b["curve"]], dtype=torch.float64),
-                                   torch.tensor([v for _, v in s["curve"]], dtype=torch.float64),
-                                   atol=tol, rtol=tol)
+        torch.testing.assert_close(
+            torch.tensor([v for _, v in b["curve"]], dtype=torch.float64),
+            torch.tensor([v for _, v in s["curve"]], dtype=torch.float64),
+            atol=tol,
+            rtol=tol,
+        )
         assert s["forwards"] == 21 and b["forwards"] == math.ceil(21 / k)
     for a, e in zip(bat_model.state_dict().values(), seq_model.state_dict().values()):
         torch.testing.assert_close(a, e, atol=tol, rtol=tol)  # params and BN running stats
@@ -202,7 +223,9 @@ def test_request_search_next_step_only():
     _step(opt, model, *batches[0], search_loss=sl(*batches[0]))
     assert opt.search_history == []
     opt.request_search()
-    _step(opt, model, *batches[1], search_loss=sl(*batches[1]), update_alpha=False)  # the request wins
+    _step(
+        opt, model, *batches[1], search_loss=sl(*batches[1]), update_alpha=False
+    )  # the request wins
     _step(opt, model, *batches[2], search_loss=sl(*batches[2]))  # consumed
     assert [h["step"] for h in opt.search_history] == [1]
     opt.request_search()
@@ -210,6 +233,7 @@ def test_request_search_next_step_only():
         _step(opt, model, *batches[3])  # no search_loss to search with
     x, y = batches[3]
     from conftest import authors_step
+
     authors_step(opt, model, x, y, steps=1, update_alpha=False)  # authors' API honours it too
     assert [h["step"] for h in opt.search_history] == [1, 3]
 
@@ -271,8 +295,16 @@ def test_diagnostic_on_tiny_model(tmp_path):
 
     model = make_cnn_bn(torch.float32)
     batches = make_batches("cnn_bn", 3, torch.float32)
-    rows = diagnose_training(model, lambda epoch: batches, epochs=3, at=(1, 3), lr=0.1,
-                             momentum=0.9, rho=0.15, log_path=tmp_path / "s.jsonl")
+    rows = diagnose_training(
+        model,
+        lambda epoch: batches,
+        epochs=3,
+        at=(1, 3),
+        lr=0.1,
+        momentum=0.9,
+        rho=0.15,
+        log_path=tmp_path / "s.jsonl",
+    )
     assert [r["epoch"] for r in rows] == [1, 3] and [r["step"] for r in rows] == [0, 6]
     for r in rows:
         curve = dict(r["curve"])
@@ -296,7 +328,9 @@ def test_cli_plot_draws_a_search_log(tmp_path, capsys):
     with SearchLogger(tmp_path / "search.jsonl") as logger:
         opt.register_search_hook(logger)
         for x, y in make_batches("mlp", 2):
-            _step(opt, model, x, y, search_loss=ModelLoss(model, x, y, criterion), update_alpha=True)
+            _step(
+                opt, model, x, y, search_loss=ModelLoss(model, x, y, criterion), update_alpha=True
+            )
     assert cli.main(["plot", str(tmp_path / "search.jsonl")]) == 0
     assert (tmp_path / "search.png").stat().st_size > 1000
     assert "search.png" in capsys.readouterr().out

@@ -10,6 +10,7 @@ place there with a compiler that always fails (``CC``/``CXX`` set to ``false``);
 build must succeed with a warning, and ``xsam_fast`` imported from that copy must
 list the cpu backend as unavailable, with the reason, while the reference backend works.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,12 +61,22 @@ BOTH = ["xsam_fast._C", "xsam_fast._C_cuda"]
 #: case -> (torch.version.cuda, CUDA_HOME, environment, extensions, a line of stderr or "")
 CASES = {
     "cuda-torch-and-toolkit": ("12.8", FAKE_CUDA_HOME, {}, BOTH, ""),
-    "no-cuda-switch": ("12.8", FAKE_CUDA_HOME, {"XSAM_FAST_NO_CUDA": "1"}, BOTH[:1],
-                       "not building the CUDA extension: XSAM_FAST_NO_CUDA is set"),
+    "no-cuda-switch": (
+        "12.8",
+        FAKE_CUDA_HOME,
+        {"XSAM_FAST_NO_CUDA": "1"},
+        BOTH[:1],
+        "not building the CUDA extension: XSAM_FAST_NO_CUDA is set",
+    ),
     "cpu-torch": (None, FAKE_CUDA_HOME, {}, BOTH[:1], "is not a CUDA build"),
     "no-toolkit": ("12.8", None, {}, BOTH[:1], "no CUDA toolkit found"),
-    "force-cuda-cpu-torch": (None, FAKE_CUDA_HOME, {"FORCE_CUDA": "1"}, BOTH[:1],
-                             "WARNING: FORCE_CUDA=1 but not building the CUDA extension"),
+    "force-cuda-cpu-torch": (
+        None,
+        FAKE_CUDA_HOME,
+        {"FORCE_CUDA": "1"},
+        BOTH[:1],
+        "WARNING: FORCE_CUDA=1 but not building the CUDA extension",
+    ),
     "no-ext-switch": ("12.8", FAKE_CUDA_HOME, {"XSAM_FAST_NO_EXT": "1"}, [], ""),
 }
 BUILD_SWITCHES = ("XSAM_FAST_NO_EXT", "XSAM_FAST_NO_CUDA", "FORCE_CUDA", "TORCH_CUDA_ARCH_LIST")
@@ -78,8 +89,14 @@ def decisions(tmp_path_factory) -> dict:
     empty = tmp_path_factory.mktemp("empty_path")
     cases["ninja-beside-python"] = dict(torch_cuda=None, cuda_home=None, env={"PATH": str(empty)})
     env = {k: v for k, v in os.environ.items() if k not in BUILD_SWITCHES}
-    done = subprocess.run([sys.executable, "-c", DECISIONS_PROBE, json.dumps(cases)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", DECISIONS_PROBE, json.dumps(cases)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
@@ -110,39 +127,59 @@ def test_failing_compiler_still_builds(tmp_path: Path) -> None:
         shutil.copy(ROOT / name, tmp_path / name)
     for name in ("csrc", "triton_kernels"):
         shutil.copytree(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "xsam_fast", tmp_path / "xsam_fast",
-                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(
+        ROOT / "xsam_fast",
+        tmp_path / "xsam_fast",
+        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
+    )
     env = dict(os.environ, CC=false, CXX=false, XSAM_FAST_NO_CUDA="1")
-    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     assert "xsam-fast: WARNING: building" in build.stderr
     assert not list((tmp_path / "xsam_fast").glob("_C*.so"))
 
     # an editable install of this checkout would resolve xsam_fast._C from the checkout
-    probe = ("import sys; sys.meta_path = [f for f in sys.meta_path "
-             "if '__editable__' not in getattr(f, '__module__', '')]; "
-             "import torch, xsam_fast; assert xsam_fast.__file__.startswith(sys.argv[1]); "
-             "s = xsam_fast.backend_status(); "
-             "print('cpu' in xsam_fast.available_backends(), repr(s['cpu'])); "
-             "p = torch.nn.Parameter(torch.ones(3)); "
-             "o = xsam_fast.XSAM([p], torch.optim.SGD, lr=0.1); "
-             "p.grad = torch.ones(3); o.first_step(); o.second_step(); print(p.tolist())")
-    run = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    probe = (
+        "import sys; sys.meta_path = [f for f in sys.meta_path "
+        "if '__editable__' not in getattr(f, '__module__', '')]; "
+        "import torch, xsam_fast; assert xsam_fast.__file__.startswith(sys.argv[1]); "
+        "s = xsam_fast.backend_status(); "
+        "print('cpu' in xsam_fast.available_backends(), repr(s['cpu'])); "
+        "p = torch.nn.Parameter(torch.ones(3)); "
+        "o = xsam_fast.XSAM([p], torch.optim.SGD, lr=0.1); "
+        "p.grad = torch.ones(3); o.first_step(); o.second_step(); print(p.tolist())"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     available, reason = run.stdout.splitlines()[0].split(" ", 1)
     assert available == "False" and "_C" in reason
     # the reference backend stepped: G = g at alpha = 1, so p = 1 - lr * 1
-    assert [float(v) for v in run.stdout.splitlines()[1].strip("[]").split(",")] == \
-        pytest.approx([0.9, 0.9, 0.9], rel=1e-6)
+    assert [float(v) for v in run.stdout.splitlines()[1].strip("[]").split(",")] == pytest.approx(
+        [0.9, 0.9, 0.9], rel=1e-6
+    )
 
 
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     found = re.search(r"Install and run the test suite.*?```bash\n(.*?)\n```", readme, flags=re.S)
     assert found, "README: no test command after 'Install and run the test suite'"
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
-          if line.strip() and not line.startswith("#")]
+    ci = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert ci[-1] == found.group(1), ".ci/run's last command is not the README's test command"

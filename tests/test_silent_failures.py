@@ -3,6 +3,7 @@
 Each test names the case; each behaviour is either the correct result where the
 input can be honoured, or a clear error or warning naming the cause.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,6 +27,7 @@ def _closure(opt, model, x, y):
         loss = criterion(model(x), y)
         loss.backward()
         return loss
+
     return closure
 
 
@@ -53,8 +55,17 @@ def test_param_first_moved_by_a_later_ascent_is_backed_up(adaptive):
     parameter ends exactly at theta_0."""
     model = _LateBranch()
     x, y = make_batches("mlp", 1)[0]
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.3, steps=2, lr=0.0,
-               adaptive=adaptive, eta=0.1, adaptive_weights_only=False, backend="reference")
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.3,
+        steps=2,
+        lr=0.0,
+        adaptive=adaptive,
+        eta=0.1,
+        adaptive_weights_only=False,
+        backend="reference",
+    )
     start = params_of(model)
     closure = _closure(opt, model, x, y)
     closure()
@@ -68,7 +79,8 @@ def test_param_first_moved_by_a_later_ascent_is_backed_up(adaptive):
     opt.second_step()
     if not adaptive:
         assert opt.stats()["d_norm"] == pytest.approx(
-            math.sqrt(sum(float((m * m).sum()) for m in moved)), rel=1e-12)
+            math.sqrt(sum(float((m * m).sum()) for m in moved)), rel=1e-12
+        )
     for p, s in zip(model.parameters(), start):
         assert torch.equal(p, s)
 
@@ -90,11 +102,13 @@ def test_search_picks_the_largest_loss_even_when_all_are_negative(shift):
 def test_search_with_no_finite_loss_keeps_alpha_and_warns():
     model = make_mlp()
     x, y = make_batches("mlp", 1)[0]
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, alpha=0.6,
-               backend="reference")
+    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, alpha=0.6, backend="reference")
     with pytest.warns(RuntimeWarning, match="no finite loss"):
-        opt.step(_closure(opt, model, x, y), search_loss=lambda: torch.tensor(math.nan),
-                 update_alpha=True)
+        opt.step(
+            _closure(opt, model, x, y),
+            search_loss=lambda: torch.tensor(math.nan),
+            update_alpha=True,
+        )
     assert opt.alpha == 0.6
 
 
@@ -103,8 +117,7 @@ def test_eps_zero_with_rho_zero_is_the_base_step():
     gives G = g, the base optimizer's own step."""
     model, twin = make_mlp(), make_mlp()
     x, y = make_batches("mlp", 1)[0]
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.0, eps=0.0, lr=0.1,
-               backend="reference")
+    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.0, eps=0.0, lr=0.1, backend="reference")
     opt.step(_closure(opt, model, x, y))
     sgd = torch.optim.SGD(twin.parameters(), lr=0.1)
     criterion(twin(x), y).backward()
@@ -119,8 +132,15 @@ def test_tiny_eta_with_zero_weights_writes_no_nan():
     with torch.no_grad():
         layer.weight[0].zero_()
     x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
-    opt = XSAM(layer.parameters(), torch.optim.SGD, rho=0.5, adaptive=True, eta=1e-300,
-               lr=0.1, backend="reference")
+    opt = XSAM(
+        layer.parameters(),
+        torch.optim.SGD,
+        rho=0.5,
+        adaptive=True,
+        eta=1e-300,
+        lr=0.1,
+        backend="reference",
+    )
     opt.step(_closure(opt, layer, x, y))
     assert all(torch.isfinite(p).all() for p in layer.parameters())
     assert opt.stats()["skipped_steps"] == 0
@@ -131,8 +151,16 @@ def test_tiny_eta_with_zero_weights_writes_no_nan():
 def test_interval_plain_steps_are_guarded(nonfinite):
     model = make_mlp()
     x, y = make_batches("mlp", 1)[0]
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, momentum=0.9,
-               interval=2, nonfinite=nonfinite, backend="reference")
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.2,
+        lr=0.1,
+        momentum=0.9,
+        interval=2,
+        nonfinite=nonfinite,
+        backend="reference",
+    )
     opt.step(_closure(opt, model, x, y))  # an XSAM step
     before = params_of(model)
 
@@ -155,13 +183,15 @@ def test_interval_plain_steps_are_guarded(nonfinite):
 def test_search_hook_that_raises_undoes_the_whole_step():
     model = make_mlp()
     x, y = make_batches("mlp", 1)[0]
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, alpha=0.4,
-               backend="reference")
+    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, alpha=0.4, backend="reference")
     opt.register_search_hook(lambda o, r: (_ for _ in ()).throw(KeyError("hook")))
     before = params_of(model)
     with pytest.raises(KeyError):
-        opt.step(_closure(opt, model, x, y), search_loss=lambda: criterion(model(x), y),
-                 update_alpha=True)
+        opt.step(
+            _closure(opt, model, x, y),
+            search_loss=lambda: criterion(model(x), y),
+            update_alpha=True,
+        )
     assert opt.alpha == 0.4 and opt.search_history == [] and opt.search_curve == []
     assert opt.step_count == 0
     assert all(torch.equal(a, b) for a, b in zip(params_of(model), before))
@@ -187,11 +217,13 @@ def test_manual_api_way_back_and_refused_second_ascent():
 def test_closure_api_without_model_keeps_batchnorm_statistics():
     model = make_cnn_bn()
     x, y = make_batches("cnn_bn", 1)[0]
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, steps=2, lr=0.1,
-               backend="reference")
+    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, steps=2, lr=0.1, backend="reference")
     for _ in range(3):
-        opt.step(_closure(opt, model, x, y), search_loss=lambda: criterion(model(x), y),
-                 update_alpha=True)
+        opt.step(
+            _closure(opt, model, x, y),
+            search_loss=lambda: criterion(model(x), y),
+            update_alpha=True,
+        )
     assert int(model[1].num_batches_tracked) == 3
 
 
@@ -205,8 +237,15 @@ def test_davda54_style_closure_gives_the_same_step(trailing_zero_grad):
     x, y = make_batches("mlp", 1)[0]
     for style in ("torch", "davda54"):
         model = make_mlp()
-        opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, steps=2, lr=0.1,
-                   momentum=0.9, backend="reference")
+        opt = XSAM(
+            model.parameters(),
+            torch.optim.SGD,
+            rho=0.2,
+            steps=2,
+            lr=0.1,
+            momentum=0.9,
+            backend="reference",
+        )
         for _ in range(3):
             if style == "torch":
                 opt.step(_closure(opt, model, x, y))
@@ -236,8 +275,13 @@ def test_davda54_first_step_zero_grad():
 def test_a_scheduled_rho_is_checked_at_each_step(bad):
     model = make_mlp()
     x, y = make_batches("mlp", 1)[0]
-    opt = XSAM([{"params": [model[0].weight]}, {"params": [model[0].bias, *model[2].parameters()]}],
-               torch.optim.SGD, rho=0.2, lr=0.1, backend="reference")
+    opt = XSAM(
+        [{"params": [model[0].weight]}, {"params": [model[0].bias, *model[2].parameters()]}],
+        torch.optim.SGD,
+        rho=0.2,
+        lr=0.1,
+        backend="reference",
+    )
     opt.step(_closure(opt, model, x, y))
     opt.param_groups[1]["rho"] = bad
     before = params_of(model)
@@ -249,8 +293,15 @@ def test_a_scheduled_rho_is_checked_at_each_step(bad):
 def test_deepcopy_keeps_everything():
     model = make_mlp()
     x, y = make_batches("mlp", 1)[0]
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, alpha=0.3, momentum=0.9,
-               backend="reference")
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.2,
+        lr=0.1,
+        alpha=0.3,
+        momentum=0.9,
+        backend="reference",
+    )
     opt.step(_closure(opt, model, x, y))
     twin = copy.deepcopy(opt)
     assert twin.alpha == 0.3 and twin.step_count == 1 and twin.base_optimizer is not None
@@ -263,8 +314,9 @@ def test_plain_optimizer_state_dict_loads_and_keeps_rho():
     sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     criterion(model(x), y).backward()
     sgd.step()
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.25, lr=0.3, momentum=0.9,
-               backend="reference")
+    opt = XSAM(
+        model.parameters(), torch.optim.SGD, rho=0.25, lr=0.3, momentum=0.9, backend="reference"
+    )
     opt.load_state_dict(sgd.state_dict())
     assert opt.param_groups[0]["rho"] == 0.25 and opt.param_groups[0]["lr"] == 0.1
     opt.step(_closure(opt, model, x, y))  # used to raise KeyError: 'rho'
@@ -308,8 +360,9 @@ def test_numbers_of_any_kind_and_bool_refused():
 
 def test_compat_reports_the_rho_the_user_gave():
     with pytest.raises(ValueError, match=r"rho \(the length of one ascent step here\).*-0\.1"):
-        CompatXSAM(make_mlp().parameters(), torch.optim.SGD, 2, -0.1, 0.3, 1.0, 2.0, 0.1,
-                   1e-12, lr=0.1)
+        CompatXSAM(
+            make_mlp().parameters(), torch.optim.SGD, 2, -0.1, 0.3, 1.0, 2.0, 0.1, 1e-12, lr=0.1
+        )
 
 
 def test_closure_without_backward_says_so():
@@ -349,8 +402,11 @@ def test_checkpoint_history_is_bounded():
     x, y = make_batches("mlp", 1)[0]
     opt = XSAM(model.parameters(), lr=0.1, backend="reference", alpha_delta=1.0)
     for _ in range(HISTORY_IN_CHECKPOINT + 5):
-        opt.step(_closure(opt, model, x, y), search_loss=lambda: criterion(model(x), y),
-                 update_alpha=True)
+        opt.step(
+            _closure(opt, model, x, y),
+            search_loss=lambda: criterion(model(x), y),
+            update_alpha=True,
+        )
     saved = checkpoint.read(opt.state_dict())["search_history"]
     assert len(saved) == HISTORY_IN_CHECKPOINT
     assert saved[-1]["step"] == opt.search_history[-1]["step"]

@@ -1,4 +1,5 @@
 """Checkpoints: stop after n steps, save, rebuild, load, continue == an uninterrupted run."""
+
 from __future__ import annotations
 
 import io
@@ -16,17 +17,34 @@ BASES = {
     "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2)),
 }
 N_STEPS, STOP_AT = 6, 3  # searches at step_count 0, 2, 4: the restart lands between two
-BACKENDS = [pytest.param("reference"),
-            pytest.param("cpu", marks=pytest.mark.skipif(
-                "cpu" not in xsam_fast.available_backends(),
-                reason=f"cpu backend unavailable: {xsam_fast.backend_status().get('cpu')}"))]
+BACKENDS = [
+    pytest.param("reference"),
+    pytest.param(
+        "cpu",
+        marks=pytest.mark.skipif(
+            "cpu" not in xsam_fast.available_backends(),
+            reason=f"cpu backend unavailable: {xsam_fast.backend_status().get('cpu')}",
+        ),
+    ),
+]
 
 
 def _build(base_name, fuse=True, backend="reference"):
     model = make_mlp(torch.float64)
     base, kw = BASES[base_name]
-    opt = XSAM(model.parameters(), base, backend=backend, rho=0.3, steps=2, rho_max=0.5,
-               alpha=1.0, search_interval=2, model=model, fuse_base_update=fuse, **kw)
+    opt = XSAM(
+        model.parameters(),
+        base,
+        backend=backend,
+        rho=0.3,
+        steps=2,
+        rho_max=0.5,
+        alpha=1.0,
+        search_interval=2,
+        model=model,
+        fuse_base_update=fuse,
+        **kw,
+    )
     return model, opt
 
 

@@ -1,4 +1,5 @@
 """On-device augmentation of CIFAR batches: crop, flip, Cutout, normalisation, reproducibility."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,9 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
 def _images(n: int = 64, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8,
-                         generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_crop_is_a_window_of_the_zero_padded_image():
@@ -21,8 +23,12 @@ def test_crop_is_a_window_of_the_zero_padded_image():
     padded = F.pad(x, (4, 4, 4, 4))
     offsets = set()
     for i in range(len(x)):
-        hits = [(dy, dx) for dy in range(9) for dx in range(9)
-                if torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32])]
+        hits = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.equal(out[i], padded[i, :, dy : dy + 32, dx : dx + 32])
+        ]
         assert hits, f"image {i} is no window of its padded image"
         offsets.add(hits[0])
     assert len(offsets) > 20  # offsets drawn, not fixed
@@ -54,8 +60,9 @@ def test_cutout_zeroes_one_square_in_about_half_of_the_images():
 def test_plain_transform_only_normalises():
     x = _images(8)
     out = ImageTransform(MEAN, STD)(x)
-    expected = (x.double() / 255 - torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)) \
-        / torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
+    expected = (
+        x.double() / 255 - torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    ) / torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), expected, atol=1e-6, rtol=1e-6)
 
@@ -76,8 +83,9 @@ def test_an_epoch_of_augmented_batches_follows_the_run_generator():
     from xsam_fast.train.data import TensorBatches
 
     x, y = _images(40), torch.arange(40) % 10
-    batches = TensorBatches(x, y, 16, shuffle=True,
-                            transform=ImageTransform(MEAN, STD, augment=True, cutout=8))
+    batches = TensorBatches(
+        x, y, 16, shuffle=True, transform=ImageTransform(MEAN, STD, augment=True, cutout=8)
+    )
 
     def epoch(seed):
         return [b for b in batches.epoch(torch.Generator().manual_seed(seed))]

@@ -1,6 +1,7 @@
 """CIFAR without torchvision: the pickles read as the format says, the missing-data message,
 the download (from a local archive), the paper preset, and end-to-end runs on tiny synthetic
 sets written in the on-disk CIFAR-10 / CIFAR-100 formats (CPU, a few steps)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,9 @@ def _keep_threads():
     torch.set_num_threads(before)
 
 
-def _write(path: str, data: np.ndarray, labels: list[int], label_key: str, bytes_keys: bool) -> None:
+def _write(
+    path: str, data: np.ndarray, labels: list[int], label_key: str, bytes_keys: bool
+) -> None:
     batch = {"data": data, label_key: labels, "batch_label": "synthetic"}
     if bytes_keys:  # the official files were pickled by Python 2: bytes keys
         batch = {k.encode(): v for k, v in batch.items()}
@@ -43,8 +46,9 @@ def _write(path: str, data: np.ndarray, labels: list[int], label_key: str, bytes
         pickle.dump(batch, f)
 
 
-def write_cifar(root: str, name: str = "cifar10", *, bytes_keys: bool = True, seed: int = 0
-                ) -> dict[str, np.ndarray]:
+def write_cifar(
+    root: str, name: str = "cifar10", *, bytes_keys: bool = True, seed: int = 0
+) -> dict[str, np.ndarray]:
     """A tiny data set in the layout of ``name``'s python-version archive under ``root``;
     returns everything written (``"<file>/data"``, ``"<file>/labels"``)."""
     spec = cifar.SPECS[name]
@@ -84,13 +88,24 @@ def test_pickles_are_read_as_the_format_says(tmp_path, name, bytes_keys):
 def test_the_authors_folder_layout_is_found(tmp_path):
     write_cifar(str(tmp_path / "cifar10"))  # data/cifar10/cifar-10-batches-py, as train.py uses
     assert cifar.find(cifar.SPECS["cifar10"], str(tmp_path)) == os.path.join(
-        str(tmp_path), "cifar10", "cifar-10-batches-py")
+        str(tmp_path), "cifar10", "cifar-10-batches-py"
+    )
 
 
 def test_missing_data_says_where_to_put_it(tmp_path, capsys):
     data_dir = str(tmp_path / "data")
-    rc = main(["train", "--dataset", "cifar10", "--data_dir", data_dir, "--out",
-               str(tmp_path / "out"), "--no_progress"])
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "cifar10",
+            "--data_dir",
+            data_dir,
+            "--out",
+            str(tmp_path / "out"),
+            "--no_progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert os.path.join(data_dir, "cifar-10-batches-py") in err
@@ -148,13 +163,32 @@ def test_download_with_a_wrong_md5_keeps_nothing(tmp_path):
 def test_the_paper_preset(name):
     preset = f"{name}-paper"
     args = build_parser(preset).parse_args(["train", "--preset", preset])
-    expected = dict(dataset=name, model="resnet18", width=64, epochs=200, lr=0.05, momentum=0.9,
-                    wd=1e-3, bs=125, rho=0.15, rho_max=0.3, steps=1, is_dynamic=True,
-                    alpha_max=2.0, alpha_delta=0.1, cutout=16, label_noise=0.0, seeds=1,
-                    device="auto", methods=["sgd", "sam", "xsam"], search="grid")
+    expected = dict(
+        dataset=name,
+        model="resnet18",
+        width=64,
+        epochs=200,
+        lr=0.05,
+        momentum=0.9,
+        wd=1e-3,
+        bs=125,
+        rho=0.15,
+        rho_max=0.3,
+        steps=1,
+        is_dynamic=True,
+        alpha_max=2.0,
+        alpha_delta=0.1,
+        cutout=16,
+        label_noise=0.0,
+        seeds=1,
+        device="auto",
+        methods=["sgd", "sam", "xsam"],
+        search="grid",
+    )
     assert {k: getattr(args, k) for k in expected} == expected
-    override = build_parser(preset).parse_args(["train", "--preset", preset, "--epochs", "3",
-                                                "--lr", "0.1"])
+    override = build_parser(preset).parse_args(
+        ["train", "--preset", preset, "--epochs", "3", "--lr", "0.1"]
+    )
     assert (override.epochs, override.lr, override.bs) == (3, 0.1, 125)
 
 
@@ -165,22 +199,54 @@ def _run(argv: list[str]) -> tuple[int, str]:
     return rc, out.getvalue()
 
 
-@pytest.mark.parametrize("switches", [
-    ["--amp", "bf16", "--channels_last", "--backend", "auto"],
-    ["--amp", "fp16", "--methods", "xsam", "--width", "4"],  # fp16 convolutions are slow on CPUs
-], ids=["bf16-channels_last-auto", "fp16-scaler"])
+@pytest.mark.parametrize(
+    "switches",
+    [
+        ["--amp", "bf16", "--channels_last", "--backend", "auto"],
+        [
+            "--amp",
+            "fp16",
+            "--methods",
+            "xsam",
+            "--width",
+            "4",
+        ],  # fp16 convolutions are slow on CPUs
+    ],
+    ids=["bf16-channels_last-auto", "fp16-scaler"],
+)
 def test_cifar10_preset_end_to_end(tmp_path, switches):
     """The paper's preset on a synthetic CIFAR-10 (40 training images, ResNet-18 at width 8):
     every method trains, the log holds throughput, and the table is printed."""
     write_cifar(str(tmp_path / "data"))
     out = str(tmp_path / "out")
-    rc, stdout = _run(["train", "--preset", "cifar10-paper", "--data_dir", str(tmp_path / "data"),
-                       "--epochs", "2", "--width", "8", "--bs", "16", "--threads", "1",
-                       "--no_progress", "--out", out, *switches])
+    rc, stdout = _run(
+        [
+            "train",
+            "--preset",
+            "cifar10-paper",
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--epochs",
+            "2",
+            "--width",
+            "8",
+            "--bs",
+            "16",
+            "--threads",
+            "1",
+            "--no_progress",
+            "--out",
+            out,
+            *switches,
+        ]
+    )
     assert rc == 0, stdout
     config, records = read_log(os.path.join(out, "log.jsonl"))
-    methods = switches[switches.index("--methods") + 1].split(",") if "--methods" in switches \
+    methods = (
+        switches[switches.index("--methods") + 1].split(",")
+        if "--methods" in switches
         else ["sgd", "sam", "xsam"]
+    )
     assert config["preset"] == "cifar10-paper" and config["model"] == "resnet18"
     assert config["cutout"] == 16 and config["amp"] == switches[1]
     assert (config["n_train"], config["n_test"]) == (5 * N_TRAIN_FILE, N_TEST)
@@ -196,9 +262,28 @@ def test_cifar10_preset_end_to_end(tmp_path, switches):
 def test_cifar100_end_to_end(tmp_path):
     write_cifar(str(tmp_path / "data"), "cifar100")
     out = str(tmp_path / "out")
-    rc, stdout = _run(["train", "--preset", "cifar100-paper", "--data_dir", str(tmp_path / "data"),
-                       "--epochs", "1", "--width", "4", "--bs", "20", "--methods", "xsam",
-                       "--threads", "1", "--no_progress", "--out", out])
+    rc, stdout = _run(
+        [
+            "train",
+            "--preset",
+            "cifar100-paper",
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--epochs",
+            "1",
+            "--width",
+            "4",
+            "--bs",
+            "20",
+            "--methods",
+            "xsam",
+            "--threads",
+            "1",
+            "--no_progress",
+            "--out",
+            out,
+        ]
+    )
     assert rc == 0, stdout
     config, records = read_log(os.path.join(out, "log.jsonl"))
     assert config["dataset"] == "cifar100" and len(records) == 1

@@ -1,5 +1,6 @@
 """The JSON Lines writer shared by the search log and the training log: append by default,
 start afresh on request, read back with the file and line of a bad line."""
+
 from __future__ import annotations
 
 import pytest
@@ -48,10 +49,11 @@ def _searching_step(logger: SearchLogger) -> None:
 
     def closure():
         opt.zero_grad()
-        loss = (p ** 2).sum()
+        loss = (p**2).sum()
         loss.backward()
         return loss
-    opt.step(closure, search_loss=lambda: (p ** 2).sum(), update_alpha=True)
+
+    opt.step(closure, search_loss=lambda: (p**2).sum(), update_alpha=True)
 
 
 def test_search_logger_appends_on_resume_and_starts_afresh_on_request(tmp_path):

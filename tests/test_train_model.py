@@ -1,4 +1,5 @@
 """The job's models: ResNet-18 as the authors build it for CIFAR, and the small CNN."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,9 @@ from xsam_fast.train.model import MODELS, SmallCNN, build_model
 from xsam_fast.train.resnet import ResNet18
 
 
-@pytest.mark.parametrize("classes,params", [(10, 11_173_962), (100, 11_220_132)],
-                         ids=["cifar10", "cifar100"])
+@pytest.mark.parametrize(
+    "classes,params", [(10, 11_173_962), (100, 11_220_132)], ids=["cifar10", "cifar100"]
+)
 def test_resnet18_has_the_standard_cifar_size(classes, params):
     model = build_model("resnet18", 3, classes)
     assert sum(p.numel() for p in model.parameters()) == params

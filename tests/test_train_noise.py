@@ -1,4 +1,5 @@
 """Symmetric label noise: how many labels change, to what, and that it is reproducible."""
+
 from __future__ import annotations
 
 import pytest

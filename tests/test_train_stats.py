@@ -1,4 +1,5 @@
 """Paired differences over seeds and the Student-t quantile behind their 95 % intervals."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,18 @@ import pytest
 from xsam_fast.train.stats import paired_difference, t_quantile, t_two_sided_cdf
 
 #: 0.975 quantiles of Student's t, from printed tables (4 decimals)
-T_975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 10: 2.2281,
-         19: 2.0930, 30: 2.0423, 120: 1.9799}
+T_975 = {
+    1: 12.7062,
+    2: 4.3027,
+    3: 3.1824,
+    4: 2.7764,
+    5: 2.5706,
+    9: 2.2622,
+    10: 2.2281,
+    19: 2.0930,
+    30: 2.0423,
+    120: 1.9799,
+}
 
 
 @pytest.mark.parametrize("df", sorted(T_975))

@@ -12,6 +12,7 @@ The module-scoped fixture ``tm`` reloads the kernel modules for the interpreter
 (``triton_modules.reload``) and restores the session's setting afterwards, so
 that later tests see the backend as this machine has it.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,18 @@ tl = pytest.importorskip("triton.language")
 
 import triton_modules  # noqa: E402
 import xsam_fast.backends as registry  # noqa: E402
-from backend_contract import (ADAM_CASES, DTYPE_IDS, PHASES, REFERENCE,  # noqa: E402
-                              SGD_CASES, assert_case_matches, clone_case, make_case, make_sc,
-                              run_phase)
+from backend_contract import (
+    ADAM_CASES,
+    DTYPE_IDS,
+    PHASES,
+    REFERENCE,
+    SGD_CASES,
+    assert_case_matches,
+    clone_case,
+    make_case,
+    make_sc,
+    run_phase,
+)
 from xsam_fast.backends import base as B  # noqa: E402
 
 BLOCK = 256
@@ -101,8 +111,9 @@ def test_pack_refuses_what_the_kernels_cannot_run(tb):
         tb.pack([torch.zeros(3, dtype=torch.int32)])
     params = tb.pack([torch.zeros(3), torch.zeros(5)])
     with pytest.raises(B.LayoutError, match="packed like"):
-        tb.pack([torch.zeros(3, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)],
-                like=params)
+        tb.pack(
+            [torch.zeros(3, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)], like=params
+        )
     with pytest.raises(TypeError):
         tb.pack([torch.zeros(3), torch.zeros(5)], like=B.TensorList(params.tensors))
 
@@ -123,10 +134,22 @@ def test_phases_refuse_lists_that_do_not_line_up(tb):
     with pytest.raises(ValueError, match="out must be"):
         tb.sumsq(params, sc[B.SUMS], accumulate=False)
     with pytest.raises(ValueError, match="steps must be"):
-        tb.adam_update(params, params, params, params, params, params, torch.ones(1), sc, hyper,
-                       weight_decay=False, decoupled=True, maximize=False)
+        tb.adam_update(
+            params,
+            params,
+            params,
+            params,
+            params,
+            params,
+            torch.ones(1),
+            sc,
+            hyper,
+            weight_decay=False,
+            decoupled=True,
+            maximize=False,
+        )
     with pytest.raises(ValueError, match="weights"):
-        tb.sumsq(params, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=False, eta=0.1)
+        tb.sumsq(params, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=False, eta=0.1)
 
 
 # ------------------------------------------------------------------ tables
@@ -148,7 +171,7 @@ def test_tables_are_built_once_and_rebuilt_only_on_change(tb):
     assert tb.packer.builds == 7  # other strides: a layout of its own
     sc = make_sc()
     tb.final_sums(params, alone, grads, sc[B.SUMS], accumulate=False)
-    tb.sumsq(grads, sc[B.SUMSQ:B.SUMSQ + 1], accumulate=True)
+    tb.sumsq(grads, sc[B.SUMSQ : B.SUMSQ + 1], accumulate=True)
     assert tb.packer.builds == 7  # launches build nothing
 
 
@@ -185,8 +208,12 @@ def _count_launches(monkeypatch) -> dict:
     return counter
 
 
-EXPECTED_LAUNCHES = {"sumsq": 2, "sumsq_accumulate": 2, "final_sums": 2,
-                     "final_sums_accumulate": 2}  # partials, then the fixed-order sum; others 1
+EXPECTED_LAUNCHES = {
+    "sumsq": 2,
+    "sumsq_accumulate": 2,
+    "final_sums": 2,
+    "final_sums_accumulate": 2,
+}  # partials, then the fixed-order sum; others 1
 
 
 def test_one_launch_per_phase_whatever_the_number_of_tensors(tb, monkeypatch):
@@ -224,21 +251,29 @@ def _mixed_alignment_case(dtype: torch.dtype) -> dict[str, list[torch.Tensor]]:
     some misaligned in every list, and one misaligned in one list only (grads)."""
     sizes = [1030, 700, 1030, 700, 515]
     aligned, misaligned = make_case(dtype, sizes), make_case(dtype, sizes, layout="misaligned")
-    case = {k: [aligned[k][0], misaligned[k][1], misaligned[k][2], aligned[k][3],
-                (misaligned if k == "grads" else aligned)[k][4]] for k in aligned}
+    case = {
+        k: [
+            aligned[k][0],
+            misaligned[k][1],
+            misaligned[k][2],
+            aligned[k][3],
+            (misaligned if k == "grads" else aligned)[k][4],
+        ]
+        for k in aligned
+    }
     for k, ts in case.items():
-        assert [t.data_ptr() % 16 == 0 for t in ts] == \
-            [True, False, False, True, k != "grads"], k
+        assert [t.data_ptr() % 16 == 0 for t in ts] == [True, False, False, True, k != "grads"], k
     return case
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64],
-                         ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("phase", PHASES)
 def test_aligned_and_misaligned_tensors_in_one_launch(tb, phase, dtype):
     """Each tensor takes its own path (hinted, unhinted, masked) within one launch."""
-    hyper = {"sgd_update": SGD_CASES["nesterov-dampening"],
-             "adam_update": ADAM_CASES["adam-l2-maximize"]}.get(phase)
+    hyper = {
+        "sgd_update": SGD_CASES["nesterov-dampening"],
+        "adam_update": ADAM_CASES["adam-l2-maximize"],
+    }.get(phase)
     _phase_matches(tb, phase, _mixed_alignment_case(dtype), make_sc(), hyper=hyper)
 
 
@@ -246,23 +281,29 @@ def test_aligned_and_misaligned_tensors_in_one_launch(tb, phase, dtype):
 @pytest.mark.filterwarnings("ignore:overflow encountered")  # 3.3e38 + 3.3e38 -> inf, on purpose
 def test_bf16_stores_round_to_nearest_even(tb):
     # b + g is exact in fp32 and exactly half-way between two bf16 values: ties go to even
-    half_ulp = 2.0 ** -8
-    b = torch.tensor([1.0, 1.0 + 2 * half_ulp, -1.0, 3.0, 1e-39, 3.3e38, 0.0],
-                     dtype=torch.bfloat16)
-    g = torch.tensor([half_ulp, half_ulp, -half_ulp, 2.0 ** -7 + 2.0 ** -15, 1e-41, 3.3e38,
-                      float("nan")], dtype=torch.float32)
+    half_ulp = 2.0**-8
+    b = torch.tensor([1.0, 1.0 + 2 * half_ulp, -1.0, 3.0, 1e-39, 3.3e38, 0.0], dtype=torch.bfloat16)
+    g = torch.tensor(
+        [half_ulp, half_ulp, -half_ulp, 2.0**-7 + 2.0**-15, 1e-41, 3.3e38, float("nan")],
+        dtype=torch.float32,
+    )
     g16 = g.to(torch.bfloat16)
     exact = b.double()[:5] + g16.double()[:5]  # the finite sums are exact in fp32
     assert torch.equal((b.float()[:5] + g16.float()[:5]).double(), exact)
     out = [torch.empty_like(b)]
     packed = tb.pack([b])
-    tb.write_point(tb.pack(out, like=packed), packed, packed, tb.pack([g16], like=packed),
-                   torch.tensor([0.0, 1.0], dtype=torch.float64))
+    tb.write_point(
+        tb.pack(out, like=packed),
+        packed,
+        packed,
+        tb.pack([g16], like=packed),
+        torch.tensor([0.0, 1.0], dtype=torch.float64),
+    )
     expected = (b.float() + g16.float()).to(torch.bfloat16)  # torch rounds to nearest even
     assert torch.equal(out[0][:-1].view(torch.int16), expected[:-1].view(torch.int16))
     assert out[0][-1].isnan()
     # the tie cases really are ties, and they went to the even neighbour
-    assert float(out[0][0]) == 1.0 and float(out[0][1]) == 1.0 + 2.0 ** -6
+    assert float(out[0][0]) == 1.0 and float(out[0][1]) == 1.0 + 2.0**-6
 
 
 # ------------------------------------------------------------------ scalar math
@@ -289,17 +330,34 @@ def _first_off(got: np.ndarray, want: np.ndarray, bound: np.ndarray, what: str) 
     bad = ~((got == want) | (np.abs(got - want) <= bound))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise AssertionError(f"{what}: {int(bad.sum())} of {got.size} off; first at {i}: "
-                             f"got {got[i]!r}, want {want[i]!r} (bound {bound[i]!r})")
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {got.size} off; first at {i}: "
+            f"got {got[i]!r}, want {want[i]!r} (bound {bound[i]!r})"
+        )
 
 
 def test_acos_matches_numpy_on_a_dense_grid(tm):
     """arccos from core operations only, within 1e-15 relative of numpy on [-1, 1]
     (ends, +-1/2 where the formula changes, and near +-1 where psi is small)."""
     near_one = 1.0 - np.logspace(-17, 0, 3000)
-    grid = np.concatenate([np.linspace(-1.0, 1.0, 400001), near_one, -near_one,
-                           [1.0, -1.0, 0.0, -0.0, 0.5, -0.5, np.nextafter(0.5, 1.0),
-                            np.nextafter(-0.5, -1.0), 5e-324]])
+    grid = np.concatenate(
+        [
+            np.linspace(-1.0, 1.0, 400001),
+            near_one,
+            -near_one,
+            [
+                1.0,
+                -1.0,
+                0.0,
+                -0.0,
+                0.5,
+                -0.5,
+                np.nextafter(0.5, 1.0),
+                np.nextafter(-0.5, -1.0),
+                5e-324,
+            ],
+        ]
+    )
     x = torch.from_numpy(grid)
     out = torch.empty_like(x)
     block = 65536
@@ -328,15 +386,16 @@ def test_adam_bias_corrections_match_torch(tm):
         out = torch.empty(2, dtype=torch.float64)
         triton.jit(_bias_kernel)[(1,)](hyper, torch.tensor([step], dtype=torch.float32), out)
         got.append(out.numpy())
-        power = torch.pow(torch.tensor(beta, dtype=torch.float64),
-                          torch.tensor(step, dtype=torch.float64))  # as the reference does
+        power = torch.pow(
+            torch.tensor(beta, dtype=torch.float64), torch.tensor(step, dtype=torch.float64)
+        )  # as the reference does
         want_size.append((lr / (1.0 - power)).item())
         want_bc2.append(torch.pow(1.0 - power, 0.5).item())
-        amplified = 4.4e-16 * (1 + (1 + abs(step * math.log2(beta))) * power.item()
-                               / (1.0 - power.item()))
+        amplified = 4.4e-16 * (
+            1 + (1 + abs(step * math.log2(beta))) * power.item() / (1.0 - power.item())
+        )
         bound_size.append(amplified * want_size[-1])
         bound_bc2.append(amplified * want_bc2[-1])
     got = np.stack(got)
     _first_off(got[:, 0], np.array(want_size), np.array(bound_size), "step_size")
     _first_off(got[:, 1], np.array(want_bc2), np.array(bound_bc2), "bias_correction2_sqrt")
-

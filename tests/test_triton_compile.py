@@ -11,6 +11,7 @@ the backend (warps, no fp fusion). The PTX is checked for what the tests on CPU
 cannot see: 128-bit accesses on the aligned path, no fma contraction, IEEE float64
 scalar math.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -28,36 +29,101 @@ import triton_modules  # noqa: E402
 #: dtype's pointer, "*fp64" the device scalars and hyper-parameters, tables and lengths
 #: are int64 pointers, the work list int32)
 KERNELS = {
-    "_sumsq_kernel": ("reductions", dict(X="*i64", W="*i64", eta="acc", numels="*i64",
-                                         work="*i32", partials="acc")),
-    "_final_kernel": ("reductions", dict(P="*i64", B="*i64", G="*i64", eta="acc",
-                                         numels="*i64", work="*i32", partials="acc",
-                                         nblocks="i32")),
+    "_sumsq_kernel": (
+        "reductions",
+        dict(X="*i64", W="*i64", eta="acc", numels="*i64", work="*i32", partials="acc"),
+    ),
+    "_final_kernel": (
+        "reductions",
+        dict(
+            P="*i64",
+            B="*i64",
+            G="*i64",
+            eta="acc",
+            numels="*i64",
+            work="*i32",
+            partials="acc",
+            nblocks="i32",
+        ),
+    ),
     "_finish_kernel": ("reductions", dict(partials="acc", out="*fp64", nblocks="i32")),
-    "_ascent_kernel": ("perturb", dict(P="*i64", G="*i64", B="*i64", sc="*fp64",
-                                       hyper="*fp64", eta="acc", numels="*i64", work="*i32")),
-    "_interp_kernel": ("perturb", dict(OUT="*i64", X="*i64", B="*i64", G="*i64",
-                                       coeffs="*fp64", eta="acc", numels="*i64",
-                                       work="*i32")),
-    "_sgd_kernel": ("update", dict(P="*i64", X="*i64", B="*i64", G="*i64", BUF="*i64",
-                                   sc="*fp64", hyper="*fp64", eta="acc", numels="*i64",
-                                   work="*i32")),
-    "_adam_kernel": ("update", dict(P="*i64", X="*i64", B="*i64", G="*i64", M="*i64", V="*i64",
-                                    steps="*fp32", sc="*fp64", hyper="*fp64", eta="acc",
-                                    numels="*i64", work="*i32")),
+    "_ascent_kernel": (
+        "perturb",
+        dict(
+            P="*i64",
+            G="*i64",
+            B="*i64",
+            sc="*fp64",
+            hyper="*fp64",
+            eta="acc",
+            numels="*i64",
+            work="*i32",
+        ),
+    ),
+    "_interp_kernel": (
+        "perturb",
+        dict(
+            OUT="*i64",
+            X="*i64",
+            B="*i64",
+            G="*i64",
+            coeffs="*fp64",
+            eta="acc",
+            numels="*i64",
+            work="*i32",
+        ),
+    ),
+    "_sgd_kernel": (
+        "update",
+        dict(
+            P="*i64",
+            X="*i64",
+            B="*i64",
+            G="*i64",
+            BUF="*i64",
+            sc="*fp64",
+            hyper="*fp64",
+            eta="acc",
+            numels="*i64",
+            work="*i32",
+        ),
+    ),
+    "_adam_kernel": (
+        "update",
+        dict(
+            P="*i64",
+            X="*i64",
+            B="*i64",
+            G="*i64",
+            M="*i64",
+            V="*i64",
+            steps="*fp32",
+            sc="*fp64",
+            hyper="*fp64",
+            eta="acc",
+            numels="*i64",
+            work="*i32",
+        ),
+    ),
     "_ascent_scalars_kernel": ("scalars", dict(sc="*fp64")),
     "_plain_scalars_kernel": ("scalars", dict(sc="*fp64")),
     "_update_scalars_kernel": ("scalars", dict(sc="*fp64")),
 }
 #: kernels without an element dtype: compiled for their accumulation dtypes only
 #: (_finish_kernel) or once (the float64 scalar kernels)
-NO_ELEMENT_DTYPE = {"_finish_kernel": (torch.float32, torch.float64),
-                    "_ascent_scalars_kernel": (torch.float64,),
-                    "_plain_scalars_kernel": (torch.float64,),
-                    "_update_scalars_kernel": (torch.float64,)}
+NO_ELEMENT_DTYPE = {
+    "_finish_kernel": (torch.float32, torch.float64),
+    "_ascent_scalars_kernel": (torch.float64,),
+    "_plain_scalars_kernel": (torch.float64,),
+    "_update_scalars_kernel": (torch.float64,),
+}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-DTYPE_IDS = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16",
-             torch.float16: "fp16"}
+DTYPE_IDS = {
+    torch.float64: "fp64",
+    torch.float32: "fp32",
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+}
 _ACC_NAMES = {tl.float32: "*fp32", tl.float64: "*fp64"}
 
 
@@ -95,8 +161,11 @@ def _compile(kernels, name: str, dtype: torch.dtype, switches: bool, arch: int):
             constexprs[arg] = switches
     assert set(signature) == set(fn.arg_names), f"{name}: signature out of date"
     options = dict(config.SCALAR_OPTIONS if module == "scalars" else config.LAUNCH_OPTIONS)
-    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                          target=GPUTarget("cuda", arch, 32), options=options)
+    return triton.compile(
+        ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+        target=GPUTarget("cuda", arch, 32),
+        options=options,
+    )
 
 
 def _sm90_cases():
@@ -104,8 +173,12 @@ def _sm90_cases():
     for name in KERNELS:
         for dtype in NO_ELEMENT_DTYPE.get(name, DTYPES):
             for switches in (False, True):
-                yield pytest.param(name, dtype, switches, id=f"{name}-{DTYPE_IDS[dtype]}-"
-                                   f"switches-{'on' if switches else 'off'}")
+                yield pytest.param(
+                    name,
+                    dtype,
+                    switches,
+                    id=f"{name}-{DTYPE_IDS[dtype]}-switches-{'on' if switches else 'off'}",
+                )
 
 
 @pytest.mark.parametrize("name,dtype,switches", list(_sm90_cases()))
@@ -113,8 +186,11 @@ def test_kernel_compiles_for_sm90(kernels, name, dtype, switches):
     compiled = _compile(kernels, name, dtype, switches, 90)
     assert compiled.asm["cubin"], "ptxas produced no binary"
     assert ".target sm_90" in compiled.asm["ptx"]
-    options = kernels["config"].SCALAR_OPTIONS if KERNELS[name][0] == "scalars" \
+    options = (
+        kernels["config"].SCALAR_OPTIONS
+        if KERNELS[name][0] == "scalars"
         else kernels["config"].LAUNCH_OPTIONS
+    )
     assert compiled.metadata.num_warps == options["num_warps"]
 
 
@@ -133,17 +209,34 @@ def test_no_fp_fusion_in_the_ptx(kernels):
 
 
 #: 128-bit global accesses by element dtype (fp16 and bf16 move as packed b32 words)
-VECTOR_LOAD = {torch.float32: "ld.global.v4.b32", torch.bfloat16: "ld.global.v4.b32",
-               torch.float16: "ld.global.v4.b32", torch.float64: "ld.global.v2.b64"}
+VECTOR_LOAD = {
+    torch.float32: "ld.global.v4.b32",
+    torch.bfloat16: "ld.global.v4.b32",
+    torch.float16: "ld.global.v4.b32",
+    torch.float64: "ld.global.v2.b64",
+}
 VECTOR_STORE = {dtype: op.replace("ld.", "st.") for dtype, op in VECTOR_LOAD.items()}
 #: PTX of one scalar (element) global load
-SCALAR_LOAD = {torch.float32: "ld.global.b32", torch.bfloat16: "ld.global.b16",
-               torch.float16: "ld.global.b16", torch.float64: "ld.global.b64"}
+SCALAR_LOAD = {
+    torch.float32: "ld.global.b32",
+    torch.bfloat16: "ld.global.b16",
+    torch.float16: "ld.global.b16",
+    torch.float64: "ld.global.b64",
+}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("name", ["_sumsq_kernel", "_final_kernel", "_ascent_kernel",
-                                  "_interp_kernel", "_sgd_kernel", "_adam_kernel"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "_sumsq_kernel",
+        "_final_kernel",
+        "_ascent_kernel",
+        "_interp_kernel",
+        "_sgd_kernel",
+        "_adam_kernel",
+    ],
+)
 def test_aligned_path_is_vectorised(kernels, name, dtype):
     """The hinted path of a multi-tensor kernel (full chunks of 16-byte aligned tensors)
     moves 128 bits per access; the same launch keeps element accesses for the others."""

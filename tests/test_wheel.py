@@ -5,10 +5,12 @@ not ignore) are copied to a temporary directory, so that no stale ``build/`` or
 in-place ``.so`` can leak in; ``pip wheel --no-build-isolation --no-deps`` builds the
 wheel there; the wheel, its ``train`` extra and the session's torch are installed
 into a fresh ``python -m venv`` outside the checkout (pip's cache makes the
-reinstall of torch a copy; ``--no-compile``: only the modules imported get bytecode). Every command then runs in that environment from an
-empty temporary directory, with no PYTHONPATH: the commands, a tiny training job
+reinstall of torch a copy; ``--no-compile``: only the modules imported get
+bytecode). Every command then runs in that environment from an empty temporary
+directory, with no PYTHONPATH: the commands, a tiny training job
 and one XSAM step of every backend the installed package lists.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +48,14 @@ class Installed:
     def run(self, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run ``argv`` (a script name of the venv, or ``python``) there; output as text."""
         exe = self.venv / "bin" / argv[0]
-        return subprocess.run([str(exe), *argv[1:]], cwd=self.cwd, env=clean_env(self.venv),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(exe), *argv[1:]],
+            cwd=self.cwd,
+            env=clean_env(self.venv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 def clean_env(venv: Path | None = None) -> dict[str, str]:
@@ -61,8 +69,9 @@ def clean_env(venv: Path | None = None) -> dict[str, str]:
 
 
 def checked(done: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
-    assert done.returncode == 0, (f"{what} failed (exit {done.returncode}):\n"
-                                  f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    assert done.returncode == 0, (
+        f"{what} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     return done
 
 
@@ -75,9 +84,24 @@ def repository_files() -> list[str]:
     """Paths (relative to ROOT) of the tracked and the untracked-not-ignored files that exist."""
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout: the files of the repository are unknown")
-    listing = checked(subprocess.run(
-        ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True, text=True, timeout=60), "git ls-files").stdout
+    listing = checked(
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ),
+        "git ls-files",
+    ).stdout
     return sorted({p for p in listing.split("\0") if p and (ROOT / p).is_file()})
 
 
@@ -86,10 +110,27 @@ def build_wheel(files: list[str], workdir: Path) -> Path:
     for rel in files:
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, source / rel)
-    checked(subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",
-         "--wheel-dir", str(dist), str(source)],
-        cwd=workdir, env=clean_env(), capture_output=True, text=True, timeout=900), "pip wheel")
+    checked(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-build-isolation",
+                "--no-deps",
+                "--wheel-dir",
+                str(dist),
+                str(source),
+            ],
+            cwd=workdir,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        ),
+        "pip wheel",
+    )
     wheels = list(dist.glob("xsam_fast-*.whl"))
     assert len(wheels) == 1, f"expected one wheel, found {wheels}"
     return wheels[0]
@@ -106,13 +147,36 @@ def installed(files, tmp_path_factory) -> Installed:
     workdir = tmp_path_factory.mktemp("wheel")
     wheel = build_wheel(files, workdir)
     venv = workdir / "venv"
-    checked(subprocess.run([sys.executable, "-m", "venv", str(venv)], env=clean_env(),
-                           capture_output=True, text=True, timeout=300), "python -m venv")
-    checked(subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--no-compile",
-         f"{wheel}[train]", f"torch=={torch.__version__}"],
-        cwd=workdir, env=clean_env(venv), capture_output=True, text=True, timeout=900),
-        "pip install of the wheel")
+    checked(
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(venv)],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ),
+        "python -m venv",
+    )
+    checked(
+        subprocess.run(
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--no-input",
+                "--no-compile",
+                f"{wheel}[train]",
+                f"torch=={torch.__version__}",
+            ],
+            cwd=workdir,
+            env=clean_env(venv),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        ),
+        "pip install of the wheel",
+    )
     cwd = workdir / "cwd"
     cwd.mkdir()
     return Installed(wheel=wheel, venv=venv, cwd=cwd)
@@ -121,28 +185,38 @@ def installed(files, tmp_path_factory) -> Installed:
 def test_wheel_holds_every_package_file_and_nothing_else(installed, files):
     with zipfile.ZipFile(installed.wheel) as zf:
         names = set(zf.namelist())
-    expected = {f"{dest}/{rel[len(src) + 1:]}" for rel in files for src, dest in PACKAGE_DIRS.items()
-                if rel.startswith(src + "/")}
+    expected = {
+        f"{dest}/{rel[len(src) + 1 :]}"
+        for rel in files
+        for src, dest in PACKAGE_DIRS.items()
+        if rel.startswith(src + "/")
+    }
     missing = sorted(expected - names)
     assert not missing, f"the wheel lacks {len(missing)} package files, first {missing[0]}"
     dist_info = f"xsam_fast-{xsam_fast.__version__}.dist-info"
     assert {n.split("/")[0] for n in names} == {"xsam_fast", dist_info}
-    assert [n for n in names if n.startswith("xsam_fast/_C.") and n.endswith(".so")], \
+    assert [n for n in names if n.startswith("xsam_fast/_C.") and n.endswith(".so")], (
         "the wheel carries no compiled cpu extension (xsam_fast/_C*.so)"
+    )
 
 
 def test_installed_package_is_the_wheel(installed):
-    probe = ("import importlib.metadata as md, importlib.util as u, xsam_fast; "
-             "print(xsam_fast.__file__); print(md.version('xsam-fast'), xsam_fast.__version__); "
-             "print([n for n in ('triton_kernels', 'benchmarks', 'tests') if u.find_spec(n)])")
+    probe = (
+        "import importlib.metadata as md, importlib.util as u, xsam_fast; "
+        "print(xsam_fast.__file__); print(md.version('xsam-fast'), xsam_fast.__version__); "
+        "print([n for n in ('triton_kernels', 'benchmarks', 'tests') if u.find_spec(n)])"
+    )
     out = checked(installed.run("python", "-c", probe), "import xsam_fast").stdout.splitlines()
     assert Path(out[0]).resolve().is_relative_to(installed.venv.resolve()), out[0]
     assert out[1] == f"{xsam_fast.__version__} {xsam_fast.__version__}"
     assert out[2] == "[]", f"top-level modules that should not be installed: {out[2]}"
 
 
-@pytest.mark.parametrize("argv", [("xsam-fast", "--help"), ("python", "-m", "xsam_fast", "--help")],
-                         ids=["script", "python-m"])
+@pytest.mark.parametrize(
+    "argv",
+    [("xsam-fast", "--help"), ("python", "-m", "xsam_fast", "--help")],
+    ids=["script", "python-m"],
+)
 def test_help(installed, argv):
     out = checked(installed.run(*argv), " ".join(argv)).stdout
     assert out.startswith("usage: xsam-fast")
@@ -152,10 +226,30 @@ def test_help(installed, argv):
 
 def test_tiny_training_job(installed):
     out_dir = installed.cwd / "train_out"
-    done = checked(installed.run(
-        "xsam-fast", "train", "--epochs", "1", "--seeds", "1", "--bs", "256", "--width", "4",
-        "--alpha_max", "1", "--alpha_delta", "0.25", "--threads", "1", "--no_progress",
-        "--out", str(out_dir)), "xsam-fast train")
+    done = checked(
+        installed.run(
+            "xsam-fast",
+            "train",
+            "--epochs",
+            "1",
+            "--seeds",
+            "1",
+            "--bs",
+            "256",
+            "--width",
+            "4",
+            "--alpha_max",
+            "1",
+            "--alpha_delta",
+            "0.25",
+            "--threads",
+            "1",
+            "--no_progress",
+            "--out",
+            str(out_dir),
+        ),
+        "xsam-fast train",
+    )
     lines = done.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| method")) + 2
     end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
@@ -236,12 +330,20 @@ def test_every_available_backend_ran(steps):
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 def test_every_available_backend_steps_like_the_reference(steps, dtype_name):
     atol, rtol = TOLERANCES[getattr(torch, DTYPES[dtype_name])]
-    ran = {key.split()[0]: run for key, run in steps["steps"].items()
-           if key.endswith(f" {DTYPES[dtype_name]}")}
+    ran = {
+        key.split()[0]: run
+        for key, run in steps["steps"].items()
+        if key.endswith(f" {DTYPES[dtype_name]}")
+    }
     assert "cpu" in ran and "reference" in ran, sorted(ran)
     for backend, run in ran.items():
         got, want = run["got"], run["want"]
         assert got["alpha"] == want["alpha"], backend
-        assert_params_close(as_tensors(got["after"]), as_tensors(want["after"]), atol, rtol,
-                            what=f"{backend} on {run['device']}")
+        assert_params_close(
+            as_tensors(got["after"]),
+            as_tensors(want["after"]),
+            atol,
+            rtol,
+            what=f"{backend} on {run['device']}",
+        )
         assert any(b != a for b, a in zip(got["before"], got["after"])), f"{backend}: nothing moved"

@@ -9,6 +9,7 @@ the backend as loaded; :func:`restore` goes back to the session's own setting.
 Triton itself is imported here first, under the session's setting (its library
 functions are built then).
 """
+
 from __future__ import annotations
 
 import importlib

@@ -16,6 +16,7 @@ Param groups: ``rhos`` / ``rho_maxes`` give each parameter its group's ``rho`` /
 ``rho_max`` (lists over ``model.parameters()`` that require grad; read at every
 step, so a test may change them between steps); the norms stay global.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,13 +47,29 @@ class Float64XSAM:
     (decoupled weight decay). ``rho`` is the TOTAL ascent length.
     """
 
-    def __init__(self, model: nn.Module, *, rho: float, steps: int = 1, rho_max: float | None = None,
-                 alpha: float = 1.0, alpha_max: float = 2.0, alpha_delta: float = 0.1,
-                 eps: float = 1e-12, base: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
-                 dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
-                 rhos: list[float] | None = None, rho_maxes: list[float] | None = None,
-                 max_grad_norm: float | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        rho: float,
+        steps: int = 1,
+        rho_max: float | None = None,
+        alpha: float = 1.0,
+        alpha_max: float = 2.0,
+        alpha_delta: float = 0.1,
+        eps: float = 1e-12,
+        base: str = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+        rhos: list[float] | None = None,
+        rho_maxes: list[float] | None = None,
+        max_grad_norm: float | None = None,
+    ) -> None:
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.rho, self.steps = rho, steps
@@ -82,8 +99,9 @@ class Float64XSAM:
         ca, cb = math.sin((1 - alpha) * psi) / s, math.sin(alpha * psi) / s
         return [ca * a + cb * b for a, b in zip(v0, v1)]
 
-    def step(self, loss_fn: Callable[[], torch.Tensor], search: bool = False,
-             lr: float | None = None) -> None:
+    def step(
+        self, loss_fn: Callable[[], torch.Tensor], search: bool = False, lr: float | None = None
+    ) -> None:
         if lr is not None:
             self.lr = lr
         bn = _bn_layers(self.model)
@@ -97,8 +115,9 @@ class Float64XSAM:
             if i == 0:
                 for m in bn:
                     m.momentum = 0.0
-                    saved_count.append(None if m.num_batches_tracked is None
-                                       else int(m.num_batches_tracked))
+                    saved_count.append(
+                        None if m.num_batches_tracked is None else int(m.num_batches_tracked)
+                    )
             live = [g for g in grads if g is not None]
             norm = _norm(live)
             with torch.no_grad():

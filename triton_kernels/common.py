@@ -17,6 +17,7 @@ The choice is made per program at run time from the addresses themselves (the
 alignment flag of a tensor is the low bits of its pointer-table entries), so one
 misaligned tensor does not slow down the others of its launch.
 """
+
 from __future__ import annotations
 
 import triton
@@ -75,8 +76,15 @@ def typed(address, DT: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
-def load(address, offs, n, DT: tl.constexpr, ACC: tl.constexpr, MASKED: tl.constexpr,
-         ALIGNED: tl.constexpr):
+def load(
+    address,
+    offs,
+    n,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    MASKED: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     """Elements ``offs`` of the tensor at ``address``, widened to ``ACC`` (0 past ``n``).
 
     bfloat16 is widened on the bits (exact, subnormals included, on the GPU and

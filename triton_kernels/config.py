@@ -9,6 +9,7 @@ programs to fill an H100/H200 even for small models) with 8 warps.
 Overrides (environment, read at import): ``XSAM_TRITON_BLOCK`` (elements per
 program, a power of two), ``XSAM_TRITON_NUM_WARPS``.
 """
+
 from __future__ import annotations
 
 import os

@@ -18,6 +18,7 @@ Tables are cached by their content (LRU): packing the same tensors again, or
 tensors of the same shapes, builds nothing. Host tensors reach a CUDA device
 through pinned memory with ``non_blocking=True``: packing never synchronises.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -116,8 +117,10 @@ def same_layout(first: TritonList, *others: TritonList | None) -> Layout:
     layout = first.layout
     for lst in others:
         if lst is not None and lst.layout is not layout and lst.layout.key != layout.key:
-            raise LayoutError("tensor lists of one call must be packed for the same device, "
-                              "dtype, shapes and strides (pack them with like=)")
+            raise LayoutError(
+                "tensor lists of one call must be packed for the same device, "
+                "dtype, shapes and strides (pack them with like=)"
+            )
     return layout
 
 
@@ -128,8 +131,9 @@ class Packer:
     pointer tables are cached (``size`` of each, least recently used dropped).
     """
 
-    def __init__(self, block: int, supports: Callable[[torch.device, torch.dtype], bool],
-                 size: int = 256) -> None:
+    def __init__(
+        self, block: int, supports: Callable[[torch.device, torch.dtype], bool], size: int = 256
+    ) -> None:
         self.block = check_block(block)
         self.supports = supports
         self._layouts = _LRU(size)
@@ -141,8 +145,9 @@ class Packer:
         """How many layouts and pointer tables were built so far (cache misses)."""
         return self._layouts.misses + self._tables.misses
 
-    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None, *,
-             grads: bool = False) -> TritonList:
+    def pack(
+        self, tensors: Sequence[Tensor], like: TensorList | None = None, *, grads: bool = False
+    ) -> TritonList:
         if like is not None and not isinstance(like, TritonList):
             raise TypeError(f"like= must be a list packed by the triton backend, got {type(like)}")
         check_layout(tensors, like, dense=True, grads=grads)
@@ -158,8 +163,9 @@ class Packer:
                 raise LayoutError(f"the triton backend cannot run on {dtype} tensors on {device}")
             layout = self._layout((device, dtype, tuple((t.shape, t.stride()) for t in tensors)))
         ptrs = tuple([t.data_ptr() for t in tensors])
-        table = self._tables.get((device, ptrs), lambda: to_device(
-            torch.tensor(ptrs, dtype=torch.int64), device))
+        table = self._tables.get(
+            (device, ptrs), lambda: to_device(torch.tensor(ptrs, dtype=torch.int64), device)
+        )
         return TritonList(tensors, table, layout)
 
     def _layout(self, key: tuple) -> Layout:

@@ -11,6 +11,7 @@ and G is ``c_d q + c_g grads``, ``q = d / (T*T)`` or 0 where ``T*T`` is 0 (see
 ``sc`` and ``hyper`` in float64 (:func:`.scalars.ascent_scale`), the coefficients and
 ``eta`` are read from device memory. One launch per call.
 """
+
 from __future__ import annotations
 
 import triton
@@ -25,9 +26,21 @@ from .scalars import ascent_scale
 
 
 @triton.jit
-def _ascent_chunk(p_at, g_at, b_at, scale, eta, offs, n, DT: tl.constexpr, ACC: tl.constexpr,
-                  BACKUP: tl.constexpr, ADAPTIVE: tl.constexpr, MASKED: tl.constexpr,
-                  ALIGNED: tl.constexpr):
+def _ascent_chunk(
+    p_at,
+    g_at,
+    b_at,
+    scale,
+    eta,
+    offs,
+    n,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    BACKUP: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    MASKED: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     p = load(p_at, offs, n, DT, ACC, MASKED, ALIGNED)
     g = load(g_at, offs, n, DT, ACC, MASKED, ALIGNED)
     if ADAPTIVE:  # T from theta_0: the params themselves when they are backed up now
@@ -42,9 +55,22 @@ def _ascent_chunk(p_at, g_at, b_at, scale, eta, offs, n, DT: tl.constexpr, ACC: 
 
 
 @triton.jit
-def _ascent_kernel(P, G, B, sc, hyper, eta, numels, work, DT: tl.constexpr, ACC: tl.constexpr,
-                   BACKUP: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr,
-                   LARGE: tl.constexpr):
+def _ascent_kernel(
+    P,
+    G,
+    B,
+    sc,
+    hyper,
+    eta,
+    numels,
+    work,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    BACKUP: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LARGE: tl.constexpr,
+):
     t, start, n = locate(work, numels, BLOCK, LARGE)
     offs = start + tl.arange(0, BLOCK)
     scale = ascent_scale(sc, hyper).to(ACC)
@@ -57,20 +83,35 @@ def _ascent_kernel(P, G, B, sc, hyper, eta, numels, work, DT: tl.constexpr, ACC:
         addresses = p_at | g_at
     if start + BLOCK <= n:
         if aligned(addresses):
-            _ascent_chunk(p_at, g_at, b_at, scale, eta, offs, n, DT, ACC, BACKUP, ADAPTIVE,
-                          False, True)
+            _ascent_chunk(
+                p_at, g_at, b_at, scale, eta, offs, n, DT, ACC, BACKUP, ADAPTIVE, False, True
+            )
         else:
-            _ascent_chunk(p_at, g_at, b_at, scale, eta, offs, n, DT, ACC, BACKUP, ADAPTIVE,
-                          False, False)
+            _ascent_chunk(
+                p_at, g_at, b_at, scale, eta, offs, n, DT, ACC, BACKUP, ADAPTIVE, False, False
+            )
     else:
-        _ascent_chunk(p_at, g_at, b_at, scale, eta, offs, n, DT, ACC, BACKUP, ADAPTIVE,
-                      True, False)
+        _ascent_chunk(p_at, g_at, b_at, scale, eta, offs, n, DT, ACC, BACKUP, ADAPTIVE, True, False)
 
 
 @triton.jit
-def _interp_chunk(out_at, x_at, b_at, g_at, c_d, c_g, eta, offs, n, DT: tl.constexpr,
-                  ACC: tl.constexpr, RESTORE: tl.constexpr, ADAPTIVE: tl.constexpr,
-                  MASKED: tl.constexpr, ALIGNED: tl.constexpr):
+def _interp_chunk(
+    out_at,
+    x_at,
+    b_at,
+    g_at,
+    c_d,
+    c_g,
+    eta,
+    offs,
+    n,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    RESTORE: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    MASKED: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     b = load(b_at, offs, n, DT, ACC, MASKED, ALIGNED)
     d = load(x_at, offs, n, DT, ACC, MASKED, ALIGNED) - b
     g = load(g_at, offs, n, DT, ACC, MASKED, ALIGNED)
@@ -90,9 +131,22 @@ def _interp_chunk(out_at, x_at, b_at, g_at, c_d, c_g, eta, offs, n, DT: tl.const
 
 
 @triton.jit
-def _interp_kernel(OUT, X, B, G, coeffs, eta, numels, work, DT: tl.constexpr, ACC: tl.constexpr,
-                   RESTORE: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr,
-                   LARGE: tl.constexpr):
+def _interp_kernel(
+    OUT,
+    X,
+    B,
+    G,
+    coeffs,
+    eta,
+    numels,
+    work,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    RESTORE: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LARGE: tl.constexpr,
+):
     t, start, n = locate(work, numels, BLOCK, LARGE)
     offs = start + tl.arange(0, BLOCK)
     c_d = tl.load(coeffs).to(ACC)
@@ -103,39 +157,124 @@ def _interp_kernel(OUT, X, B, G, coeffs, eta, numels, work, DT: tl.constexpr, AC
     g_at = tl.load(G + t)
     if start + BLOCK <= n:
         if aligned(out_at | x_at | b_at | g_at):
-            _interp_chunk(out_at, x_at, b_at, g_at, c_d, c_g, eta, offs, n, DT, ACC, RESTORE,
-                          ADAPTIVE, False, True)
+            _interp_chunk(
+                out_at,
+                x_at,
+                b_at,
+                g_at,
+                c_d,
+                c_g,
+                eta,
+                offs,
+                n,
+                DT,
+                ACC,
+                RESTORE,
+                ADAPTIVE,
+                False,
+                True,
+            )
         else:
-            _interp_chunk(out_at, x_at, b_at, g_at, c_d, c_g, eta, offs, n, DT, ACC, RESTORE,
-                          ADAPTIVE, False, False)
+            _interp_chunk(
+                out_at,
+                x_at,
+                b_at,
+                g_at,
+                c_d,
+                c_g,
+                eta,
+                offs,
+                n,
+                DT,
+                ACC,
+                RESTORE,
+                ADAPTIVE,
+                False,
+                False,
+            )
     else:
-        _interp_chunk(out_at, x_at, b_at, g_at, c_d, c_g, eta, offs, n, DT, ACC, RESTORE,
-                      ADAPTIVE, True, False)
+        _interp_chunk(
+            out_at,
+            x_at,
+            b_at,
+            g_at,
+            c_d,
+            c_g,
+            eta,
+            offs,
+            n,
+            DT,
+            ACC,
+            RESTORE,
+            ADAPTIVE,
+            True,
+            False,
+        )
 
 
-def backup_ascent(packer: Packer, params: TritonList, grads: TritonList, backups: TritonList,
-                  sc: Tensor, hyper: Tensor, backup: bool, eta: float | None) -> None:
+def backup_ascent(
+    packer: Packer,
+    params: TritonList,
+    grads: TritonList,
+    backups: TritonList,
+    sc: Tensor,
+    hyper: Tensor,
+    backup: bool,
+    eta: float | None,
+) -> None:
     lay = same_layout(params, grads, backups)
     if lay.nblocks == 0:
         return
     dt, acc = DTYPES[lay.dtype]
-    _ascent_kernel[(lay.nblocks,)](params.table, grads.table, backups.table, sc, hyper,
-                                   packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
-                                   lay.numels, lay.work, DT=dt, ACC=acc, BACKUP=bool(backup),
-                                   ADAPTIVE=eta is not None, BLOCK=lay.block,
-                                   LARGE=lay.large, **LAUNCH_OPTIONS)
+    _ascent_kernel[(lay.nblocks,)](
+        params.table,
+        grads.table,
+        backups.table,
+        sc,
+        hyper,
+        packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
+        lay.numels,
+        lay.work,
+        DT=dt,
+        ACC=acc,
+        BACKUP=bool(backup),
+        ADAPTIVE=eta is not None,
+        BLOCK=lay.block,
+        LARGE=lay.large,
+        **LAUNCH_OPTIONS,
+    )
 
 
-def interpolate(packer: Packer, out: TritonList, points: TritonList, backups: TritonList,
-                grads: TritonList, coeffs: Tensor, restore: bool, eta: float | None) -> None:
+def interpolate(
+    packer: Packer,
+    out: TritonList,
+    points: TritonList,
+    backups: TritonList,
+    grads: TritonList,
+    coeffs: Tensor,
+    restore: bool,
+    eta: float | None,
+) -> None:
     """``write_point`` (``out`` = the point) or, ``restore``, ``write_grad_restore``
     (``out`` = the params)."""
     lay = same_layout(out, points, backups, grads)
     if lay.nblocks == 0:
         return
     dt, acc = DTYPES[lay.dtype]
-    _interp_kernel[(lay.nblocks,)](out.table, points.table, backups.table, grads.table, coeffs,
-                                   packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
-                                   lay.numels, lay.work, DT=dt, ACC=acc, RESTORE=bool(restore),
-                                   ADAPTIVE=eta is not None, BLOCK=lay.block,
-                                   LARGE=lay.large, **LAUNCH_OPTIONS)
+    _interp_kernel[(lay.nblocks,)](
+        out.table,
+        points.table,
+        backups.table,
+        grads.table,
+        coeffs,
+        packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
+        lay.numels,
+        lay.work,
+        DT=dt,
+        ACC=acc,
+        RESTORE=bool(restore),
+        ADAPTIVE=eta is not None,
+        BLOCK=lay.block,
+        LARGE=lay.large,
+        **LAUNCH_OPTIONS,
+    )

@@ -6,6 +6,7 @@ sum in a fixed order, converts the total to float64 once and writes it into (or,
 ``accumulate``, adds it to) the float64 ``out`` on the device (a view of the
 step's scalar vector). The same inputs and block size give bit-identical results.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,19 @@ from .packing import Packer, TritonList, same_layout
 
 
 @triton.jit
-def _sumsq_chunk(x_at, w_at, eta, offs, n, partials, DT: tl.constexpr, ACC: tl.constexpr,
-                 ADAPTIVE: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr):
+def _sumsq_chunk(
+    x_at,
+    w_at,
+    eta,
+    offs,
+    n,
+    partials,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    MASKED: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     x = load(x_at, offs, n, DT, ACC, MASKED, ALIGNED)
     if ADAPTIVE:  # ||T g||^2, T from theta_0 in W
         x = asam_t(load(w_at, offs, n, DT, ACC, MASKED, ALIGNED), eta, ACC) * x
@@ -29,8 +41,19 @@ def _sumsq_chunk(x_at, w_at, eta, offs, n, partials, DT: tl.constexpr, ACC: tl.c
 
 
 @triton.jit
-def _sumsq_kernel(X, W, eta, numels, work, partials, DT: tl.constexpr, ACC: tl.constexpr,
-                  ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr, LARGE: tl.constexpr):
+def _sumsq_kernel(
+    X,
+    W,
+    eta,
+    numels,
+    work,
+    partials,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LARGE: tl.constexpr,
+):
     t, start, n = locate(work, numels, BLOCK, LARGE)
     offs = start + tl.arange(0, BLOCK)
     x_at = tl.load(X + t)
@@ -45,9 +68,21 @@ def _sumsq_kernel(X, W, eta, numels, work, partials, DT: tl.constexpr, ACC: tl.c
 
 
 @triton.jit
-def _final_chunk(p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT: tl.constexpr,
-                 ACC: tl.constexpr, ADAPTIVE: tl.constexpr, MASKED: tl.constexpr,
-                 ALIGNED: tl.constexpr):
+def _final_chunk(
+    p_at,
+    b_at,
+    g_at,
+    eta,
+    offs,
+    n,
+    partials,
+    nblocks,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    MASKED: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     pid = tl.program_id(0)
     b = load(b_at, offs, n, DT, ACC, MASKED, ALIGNED)
     d = load(p_at, offs, n, DT, ACC, MASKED, ALIGNED) - b
@@ -65,9 +100,21 @@ def _final_chunk(p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT: tl.const
 
 
 @triton.jit
-def _final_kernel(P, B, G, eta, numels, work, partials, nblocks, DT: tl.constexpr,
-                  ACC: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr,
-                  LARGE: tl.constexpr):
+def _final_kernel(
+    P,
+    B,
+    G,
+    eta,
+    numels,
+    work,
+    partials,
+    nblocks,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LARGE: tl.constexpr,
+):
     t, start, n = locate(work, numels, BLOCK, LARGE)
     offs = start + tl.arange(0, BLOCK)
     p_at = tl.load(P + t)
@@ -75,19 +122,23 @@ def _final_kernel(P, B, G, eta, numels, work, partials, nblocks, DT: tl.constexp
     g_at = tl.load(G + t)
     if start + BLOCK <= n:
         if aligned(p_at | b_at | g_at):
-            _final_chunk(p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE,
-                         False, True)
+            _final_chunk(
+                p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE, False, True
+            )
         else:
-            _final_chunk(p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE,
-                         False, False)
+            _final_chunk(
+                p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE, False, False
+            )
     else:
-        _final_chunk(p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE,
-                     True, False)
+        _final_chunk(
+            p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE, True, False
+        )
 
 
 @triton.jit
-def _finish_kernel(partials, out, nblocks, ACC: tl.constexpr, RBLOCK: tl.constexpr,
-                   ACCUMULATE: tl.constexpr):
+def _finish_kernel(
+    partials, out, nblocks, ACC: tl.constexpr, RBLOCK: tl.constexpr, ACCUMULATE: tl.constexpr
+):
     """``out[k] (+)= float64(sum(partials[k * nblocks : (k + 1) * nblocks]))``, in a fixed
     order (program ``k``)."""
     k = tl.program_id(0)
@@ -102,17 +153,29 @@ def _finish_kernel(partials, out, nblocks, ACC: tl.constexpr, RBLOCK: tl.constex
 
 
 def _check_out(out: Tensor, nsums: int, device: torch.device | None) -> None:
-    if out.dtype != torch.float64 or out.shape != (nsums,) or not out.is_contiguous() \
-            or (device is not None and out.device != device):
-        raise ValueError(f"out must be a contiguous float64 tensor of shape ({nsums},) on "
-                         f"{device}, got a {out.dtype} tensor of shape {tuple(out.shape)} on "
-                         f"{out.device}")
+    if (
+        out.dtype != torch.float64
+        or out.shape != (nsums,)
+        or not out.is_contiguous()
+        or (device is not None and out.device != device)
+    ):
+        raise ValueError(
+            f"out must be a contiguous float64 tensor of shape ({nsums},) on "
+            f"{device}, got a {out.dtype} tensor of shape {tuple(out.shape)} on "
+            f"{out.device}"
+        )
 
 
 def _finish(partials: Tensor, out: Tensor, nblocks: int, accumulate: bool) -> None:
-    _finish_kernel[(out.numel(),)](partials, out, nblocks, ACC=DTYPES[partials.dtype][1],
-                                   RBLOCK=REDUCE_BLOCK, ACCUMULATE=bool(accumulate),
-                                   **LAUNCH_OPTIONS)
+    _finish_kernel[(out.numel(),)](
+        partials,
+        out,
+        nblocks,
+        ACC=DTYPES[partials.dtype][1],
+        RBLOCK=REDUCE_BLOCK,
+        ACCUMULATE=bool(accumulate),
+        **LAUNCH_OPTIONS,
+    )
 
 
 def _nothing(out: Tensor, accumulate: bool) -> None:
@@ -121,8 +184,14 @@ def _nothing(out: Tensor, accumulate: bool) -> None:
         out.zero_()
 
 
-def sumsq(packer: Packer, grads: TritonList, out: Tensor, accumulate: bool,
-          weights: TritonList | None, eta: float | None) -> None:
+def sumsq(
+    packer: Packer,
+    grads: TritonList,
+    out: Tensor,
+    accumulate: bool,
+    weights: TritonList | None,
+    eta: float | None,
+) -> None:
     """``out[0] (+)= sum_i ||grads[i]||^2`` (with ``eta``: ``||(|weights[i]| + eta)
     grads[i]||^2``); two launches."""
     lay = same_layout(grads, weights if eta is not None else None)
@@ -133,15 +202,32 @@ def sumsq(packer: Packer, grads: TritonList, out: Tensor, accumulate: bool,
     acc_torch = accumulation_dtype(lay.dtype)
     w = weights if eta is not None else grads
     partials = torch.empty(lay.nblocks, dtype=acc_torch, device=lay.device)
-    _sumsq_kernel[(lay.nblocks,)](grads.table, w.table, packer.eta(eta, acc_torch, lay.device),
-                                  lay.numels, lay.work, partials, DT=dt, ACC=acc,
-                                  ADAPTIVE=eta is not None, BLOCK=lay.block, LARGE=lay.large,
-                                  **LAUNCH_OPTIONS)
+    _sumsq_kernel[(lay.nblocks,)](
+        grads.table,
+        w.table,
+        packer.eta(eta, acc_torch, lay.device),
+        lay.numels,
+        lay.work,
+        partials,
+        DT=dt,
+        ACC=acc,
+        ADAPTIVE=eta is not None,
+        BLOCK=lay.block,
+        LARGE=lay.large,
+        **LAUNCH_OPTIONS,
+    )
     _finish(partials, out, lay.nblocks, accumulate)
 
 
-def final_sums(packer: Packer, points: TritonList, backups: TritonList, grads: TritonList,
-               out: Tensor, accumulate: bool, eta: float | None) -> None:
+def final_sums(
+    packer: Packer,
+    points: TritonList,
+    backups: TritonList,
+    grads: TritonList,
+    out: Tensor,
+    accumulate: bool,
+    eta: float | None,
+) -> None:
     """``out[0:3] (+)= [||g||^2, ||d||^2, <d, g>]``, ``d = points - backups`` (with ``eta``:
     ``[||T g||^2, ||d / T||^2, <d, g>]``, ``T = |backups| + eta``); two launches."""
     lay = same_layout(points, backups, grads)
@@ -151,9 +237,20 @@ def final_sums(packer: Packer, points: TritonList, backups: TritonList, grads: T
     dt, acc = DTYPES[lay.dtype]
     acc_torch = accumulation_dtype(lay.dtype)
     partials = torch.empty(3 * lay.nblocks, dtype=acc_torch, device=lay.device)
-    _final_kernel[(lay.nblocks,)](points.table, backups.table, grads.table,
-                                  packer.eta(eta, acc_torch, lay.device), lay.numels, lay.work,
-                                  partials, lay.nblocks, DT=dt, ACC=acc,
-                                  ADAPTIVE=eta is not None, BLOCK=lay.block, LARGE=lay.large,
-                                  **LAUNCH_OPTIONS)
+    _final_kernel[(lay.nblocks,)](
+        points.table,
+        backups.table,
+        grads.table,
+        packer.eta(eta, acc_torch, lay.device),
+        lay.numels,
+        lay.work,
+        partials,
+        lay.nblocks,
+        DT=dt,
+        ACC=acc,
+        ADAPTIVE=eta is not None,
+        BLOCK=lay.block,
+        LARGE=lay.large,
+        **LAUNCH_OPTIONS,
+    )
     _finish(partials, out, lay.nblocks, accumulate)

@@ -12,6 +12,7 @@ the code (momentum on/off, Nesterov, ...) are compile-time constants. Where
 ``sc[FOUND_INF]`` is set, params get theta_0 back and the state keeps its values
 (fresh momentum buffers: 0). One launch per call.
 """
+
 from __future__ import annotations
 
 import triton
@@ -22,14 +23,37 @@ from ..coefficients import accumulation_dtype
 from .common import aligned, asam_q, asam_t, div, load, locate, sqrt, store
 from .config import DTYPES, LAUNCH_OPTIONS
 from .packing import Packer, TritonList, same_layout
-from .scalars import (C_D, C_G, FOUND_INF, H_ADAM_EPS, H_BETA1, H_BETA2, H_DAMPENING, H_LR,
-                      H_MOMENTUM, H_WEIGHT_DECAY, adam_bias_corrections)
+from .scalars import (
+    C_D,
+    C_G,
+    FOUND_INF,
+    H_ADAM_EPS,
+    H_BETA1,
+    H_BETA2,
+    H_DAMPENING,
+    H_LR,
+    H_MOMENTUM,
+    H_WEIGHT_DECAY,
+    adam_bias_corrections,
+)
 
 
 @triton.jit
-def _direction(x_at, b_at, g_at, sc, eta, offs, n, DT: tl.constexpr, ACC: tl.constexpr,
-               MAXIMIZE: tl.constexpr, ADAPTIVE: tl.constexpr, MASKED: tl.constexpr,
-               ALIGNED: tl.constexpr):
+def _direction(
+    x_at,
+    b_at,
+    g_at,
+    sc,
+    eta,
+    offs,
+    n,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    MASKED: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     """``(theta_0, G)``, G negated if ``MAXIMIZE``."""
     b = load(b_at, offs, n, DT, ACC, MASKED, ALIGNED)
     d = load(x_at, offs, n, DT, ACC, MASKED, ALIGNED) - b
@@ -44,13 +68,32 @@ def _direction(x_at, b_at, g_at, sc, eta, offs, n, DT: tl.constexpr, ACC: tl.con
 
 
 @triton.jit
-def _sgd_chunk(p_at, x_at, b_at, g_at, buf_at, sc, hyper, eta, offs, n, DT: tl.constexpr,
-               ACC: tl.constexpr, MAXIMIZE: tl.constexpr, ADAPTIVE: tl.constexpr,
-               WEIGHT_DECAY: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
-               INIT_BUFS: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr):
+def _sgd_chunk(
+    p_at,
+    x_at,
+    b_at,
+    g_at,
+    buf_at,
+    sc,
+    hyper,
+    eta,
+    offs,
+    n,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+    MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    INIT_BUFS: tl.constexpr,
+    MASKED: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     found = tl.load(sc + FOUND_INF) != 0
-    theta0, step = _direction(x_at, b_at, g_at, sc, eta, offs, n, DT, ACC, MAXIMIZE, ADAPTIVE,
-                              MASKED, ALIGNED)
+    theta0, step = _direction(
+        x_at, b_at, g_at, sc, eta, offs, n, DT, ACC, MAXIMIZE, ADAPTIVE, MASKED, ALIGNED
+    )
     if WEIGHT_DECAY:
         step = step + tl.load(hyper + H_WEIGHT_DECAY).to(ACC) * theta0
     if MOMENTUM:
@@ -72,10 +115,28 @@ def _sgd_chunk(p_at, x_at, b_at, g_at, buf_at, sc, hyper, eta, offs, n, DT: tl.c
 
 
 @triton.jit
-def _sgd_kernel(P, X, B, G, BUF, sc, hyper, eta, numels, work, DT: tl.constexpr,
-                ACC: tl.constexpr, MAXIMIZE: tl.constexpr, ADAPTIVE: tl.constexpr,
-                WEIGHT_DECAY: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
-                INIT_BUFS: tl.constexpr, BLOCK: tl.constexpr, LARGE: tl.constexpr):
+def _sgd_kernel(
+    P,
+    X,
+    B,
+    G,
+    BUF,
+    sc,
+    hyper,
+    eta,
+    numels,
+    work,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+    MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    INIT_BUFS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LARGE: tl.constexpr,
+):
     t, start, n = locate(work, numels, BLOCK, LARGE)
     offs = start + tl.arange(0, BLOCK)
     p_at = tl.load(P + t)
@@ -85,26 +146,104 @@ def _sgd_kernel(P, X, B, G, BUF, sc, hyper, eta, numels, work, DT: tl.constexpr,
     buf_at = tl.load(BUF + t)
     if start + BLOCK <= n:
         if aligned(p_at | x_at | b_at | g_at | buf_at):
-            _sgd_chunk(p_at, x_at, b_at, g_at, buf_at, sc, hyper, eta, offs, n, DT, ACC,
-                       MAXIMIZE, ADAPTIVE, WEIGHT_DECAY, MOMENTUM, NESTEROV, INIT_BUFS, False,
-                       True)
+            _sgd_chunk(
+                p_at,
+                x_at,
+                b_at,
+                g_at,
+                buf_at,
+                sc,
+                hyper,
+                eta,
+                offs,
+                n,
+                DT,
+                ACC,
+                MAXIMIZE,
+                ADAPTIVE,
+                WEIGHT_DECAY,
+                MOMENTUM,
+                NESTEROV,
+                INIT_BUFS,
+                False,
+                True,
+            )
         else:
-            _sgd_chunk(p_at, x_at, b_at, g_at, buf_at, sc, hyper, eta, offs, n, DT, ACC,
-                       MAXIMIZE, ADAPTIVE, WEIGHT_DECAY, MOMENTUM, NESTEROV, INIT_BUFS, False,
-                       False)
+            _sgd_chunk(
+                p_at,
+                x_at,
+                b_at,
+                g_at,
+                buf_at,
+                sc,
+                hyper,
+                eta,
+                offs,
+                n,
+                DT,
+                ACC,
+                MAXIMIZE,
+                ADAPTIVE,
+                WEIGHT_DECAY,
+                MOMENTUM,
+                NESTEROV,
+                INIT_BUFS,
+                False,
+                False,
+            )
     else:
-        _sgd_chunk(p_at, x_at, b_at, g_at, buf_at, sc, hyper, eta, offs, n, DT, ACC, MAXIMIZE,
-                   ADAPTIVE, WEIGHT_DECAY, MOMENTUM, NESTEROV, INIT_BUFS, True, False)
+        _sgd_chunk(
+            p_at,
+            x_at,
+            b_at,
+            g_at,
+            buf_at,
+            sc,
+            hyper,
+            eta,
+            offs,
+            n,
+            DT,
+            ACC,
+            MAXIMIZE,
+            ADAPTIVE,
+            WEIGHT_DECAY,
+            MOMENTUM,
+            NESTEROV,
+            INIT_BUFS,
+            True,
+            False,
+        )
 
 
 @triton.jit
-def _adam_chunk(p_at, x_at, b_at, g_at, m_at, v_at, sc, hyper, step_size, bc2_sqrt, eta, offs,
-                n, DT: tl.constexpr, ACC: tl.constexpr, MAXIMIZE: tl.constexpr,
-                ADAPTIVE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr,
-                MASKED: tl.constexpr, ALIGNED: tl.constexpr):
+def _adam_chunk(
+    p_at,
+    x_at,
+    b_at,
+    g_at,
+    m_at,
+    v_at,
+    sc,
+    hyper,
+    step_size,
+    bc2_sqrt,
+    eta,
+    offs,
+    n,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+    DECOUPLED: tl.constexpr,
+    MASKED: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     found = tl.load(sc + FOUND_INF) != 0
-    theta0, step = _direction(x_at, b_at, g_at, sc, eta, offs, n, DT, ACC, MAXIMIZE, ADAPTIVE,
-                              MASKED, ALIGNED)
+    theta0, step = _direction(
+        x_at, b_at, g_at, sc, eta, offs, n, DT, ACC, MAXIMIZE, ADAPTIVE, MASKED, ALIGNED
+    )
     theta = theta0
     if WEIGHT_DECAY:
         wd = tl.load(hyper + H_WEIGHT_DECAY)
@@ -131,10 +270,28 @@ def _adam_chunk(p_at, x_at, b_at, g_at, m_at, v_at, sc, hyper, step_size, bc2_sq
 
 
 @triton.jit
-def _adam_kernel(P, X, B, G, M, V, steps, sc, hyper, eta, numels, work, DT: tl.constexpr,
-                 ACC: tl.constexpr, MAXIMIZE: tl.constexpr, ADAPTIVE: tl.constexpr,
-                 WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr, BLOCK: tl.constexpr,
-                 LARGE: tl.constexpr):
+def _adam_kernel(
+    P,
+    X,
+    B,
+    G,
+    M,
+    V,
+    steps,
+    sc,
+    hyper,
+    eta,
+    numels,
+    work,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+    DECOUPLED: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LARGE: tl.constexpr,
+):
     t, start, n = locate(work, numels, BLOCK, LARGE)
     offs = start + tl.arange(0, BLOCK)
     step_size, bc2_sqrt = adam_bias_corrections(hyper, steps, t)
@@ -148,49 +305,167 @@ def _adam_kernel(P, X, B, G, M, V, steps, sc, hyper, eta, numels, work, DT: tl.c
     v_at = tl.load(V + t)
     if start + BLOCK <= n:
         if aligned(p_at | x_at | b_at | g_at | m_at | v_at):
-            _adam_chunk(p_at, x_at, b_at, g_at, m_at, v_at, sc, hyper, step_size, bc2_sqrt, eta,
-                        offs, n, DT, ACC, MAXIMIZE, ADAPTIVE, WEIGHT_DECAY, DECOUPLED, False,
-                        True)
+            _adam_chunk(
+                p_at,
+                x_at,
+                b_at,
+                g_at,
+                m_at,
+                v_at,
+                sc,
+                hyper,
+                step_size,
+                bc2_sqrt,
+                eta,
+                offs,
+                n,
+                DT,
+                ACC,
+                MAXIMIZE,
+                ADAPTIVE,
+                WEIGHT_DECAY,
+                DECOUPLED,
+                False,
+                True,
+            )
         else:
-            _adam_chunk(p_at, x_at, b_at, g_at, m_at, v_at, sc, hyper, step_size, bc2_sqrt, eta,
-                        offs, n, DT, ACC, MAXIMIZE, ADAPTIVE, WEIGHT_DECAY, DECOUPLED, False,
-                        False)
+            _adam_chunk(
+                p_at,
+                x_at,
+                b_at,
+                g_at,
+                m_at,
+                v_at,
+                sc,
+                hyper,
+                step_size,
+                bc2_sqrt,
+                eta,
+                offs,
+                n,
+                DT,
+                ACC,
+                MAXIMIZE,
+                ADAPTIVE,
+                WEIGHT_DECAY,
+                DECOUPLED,
+                False,
+                False,
+            )
     else:
-        _adam_chunk(p_at, x_at, b_at, g_at, m_at, v_at, sc, hyper, step_size, bc2_sqrt, eta,
-                    offs, n, DT, ACC, MAXIMIZE, ADAPTIVE, WEIGHT_DECAY, DECOUPLED, True, False)
+        _adam_chunk(
+            p_at,
+            x_at,
+            b_at,
+            g_at,
+            m_at,
+            v_at,
+            sc,
+            hyper,
+            step_size,
+            bc2_sqrt,
+            eta,
+            offs,
+            n,
+            DT,
+            ACC,
+            MAXIMIZE,
+            ADAPTIVE,
+            WEIGHT_DECAY,
+            DECOUPLED,
+            True,
+            False,
+        )
 
 
-def sgd_update(packer: Packer, params: TritonList, points: TritonList, backups: TritonList,
-               grads: TritonList, bufs: TritonList | None, sc: Tensor, hyper: Tensor, *,
-               weight_decay: bool, momentum: bool, nesterov: bool, maximize: bool,
-               init_bufs: bool, eta: float | None) -> None:
+def sgd_update(
+    packer: Packer,
+    params: TritonList,
+    points: TritonList,
+    backups: TritonList,
+    grads: TritonList,
+    bufs: TritonList | None,
+    sc: Tensor,
+    hyper: Tensor,
+    *,
+    weight_decay: bool,
+    momentum: bool,
+    nesterov: bool,
+    maximize: bool,
+    init_bufs: bool,
+    eta: float | None,
+) -> None:
     lay = same_layout(params, points, backups, grads, bufs if momentum else None)
     if lay.nblocks == 0:
         return
     dt, acc = DTYPES[lay.dtype]
     buf_table = bufs.table if momentum else params.table  # never accessed without momentum
-    _sgd_kernel[(lay.nblocks,)](params.table, points.table, backups.table, grads.table,
-                                buf_table, sc, hyper,
-                                packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
-                                lay.numels, lay.work, DT=dt, ACC=acc, MAXIMIZE=bool(maximize),
-                                ADAPTIVE=eta is not None, WEIGHT_DECAY=bool(weight_decay),
-                                MOMENTUM=bool(momentum), NESTEROV=bool(nesterov),
-                                INIT_BUFS=bool(init_bufs), BLOCK=lay.block, LARGE=lay.large,
-                                **LAUNCH_OPTIONS)
+    _sgd_kernel[(lay.nblocks,)](
+        params.table,
+        points.table,
+        backups.table,
+        grads.table,
+        buf_table,
+        sc,
+        hyper,
+        packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
+        lay.numels,
+        lay.work,
+        DT=dt,
+        ACC=acc,
+        MAXIMIZE=bool(maximize),
+        ADAPTIVE=eta is not None,
+        WEIGHT_DECAY=bool(weight_decay),
+        MOMENTUM=bool(momentum),
+        NESTEROV=bool(nesterov),
+        INIT_BUFS=bool(init_bufs),
+        BLOCK=lay.block,
+        LARGE=lay.large,
+        **LAUNCH_OPTIONS,
+    )
 
 
-def adam_update(packer: Packer, params: TritonList, points: TritonList, backups: TritonList,
-                grads: TritonList, exp_avgs: TritonList, exp_avg_sqs: TritonList,
-                steps: Tensor, sc: Tensor, hyper: Tensor, *, weight_decay: bool,
-                decoupled: bool, maximize: bool, eta: float | None) -> None:
+def adam_update(
+    packer: Packer,
+    params: TritonList,
+    points: TritonList,
+    backups: TritonList,
+    grads: TritonList,
+    exp_avgs: TritonList,
+    exp_avg_sqs: TritonList,
+    steps: Tensor,
+    sc: Tensor,
+    hyper: Tensor,
+    *,
+    weight_decay: bool,
+    decoupled: bool,
+    maximize: bool,
+    eta: float | None,
+) -> None:
     lay = same_layout(params, points, backups, grads, exp_avgs, exp_avg_sqs)
     if lay.nblocks == 0:
         return
     dt, acc = DTYPES[lay.dtype]
-    _adam_kernel[(lay.nblocks,)](params.table, points.table, backups.table, grads.table,
-                                 exp_avgs.table, exp_avg_sqs.table, steps, sc, hyper,
-                                 packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
-                                 lay.numels, lay.work, DT=dt, ACC=acc, MAXIMIZE=bool(maximize),
-                                 ADAPTIVE=eta is not None, WEIGHT_DECAY=bool(weight_decay),
-                                 DECOUPLED=bool(decoupled), BLOCK=lay.block,
-                                 LARGE=lay.large, **LAUNCH_OPTIONS)
+    _adam_kernel[(lay.nblocks,)](
+        params.table,
+        points.table,
+        backups.table,
+        grads.table,
+        exp_avgs.table,
+        exp_avg_sqs.table,
+        steps,
+        sc,
+        hyper,
+        packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
+        lay.numels,
+        lay.work,
+        DT=dt,
+        ACC=acc,
+        MAXIMIZE=bool(maximize),
+        ADAPTIVE=eta is not None,
+        WEIGHT_DECAY=bool(weight_decay),
+        DECOUPLED=bool(decoupled),
+        BLOCK=lay.block,
+        LARGE=lay.large,
+        **LAUNCH_OPTIONS,
+    )

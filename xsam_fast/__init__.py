@@ -3,6 +3,7 @@
 ``from xsam_fast import XSAM``; see :class:`XSAM` for the API and
 :func:`available_backends` for what runs on this machine.
 """
+
 from .backends import available_backends, backend_status
 from .batchnorm import disable_running_stats, enable_running_stats
 from .optimizer import XSAM

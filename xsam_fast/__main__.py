@@ -1,4 +1,5 @@
 """``python -m xsam_fast ...`` runs the ``xsam-fast`` command."""
+
 from .cli import main
 
 raise SystemExit(main())

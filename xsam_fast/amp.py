@@ -18,6 +18,7 @@ decide to call).
 
 Usage: see :meth:`xsam_fast.XSAM.step` (``scaler=``) and ``docs/distributed_amp.md``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -40,8 +41,10 @@ class ScaledStep:
 
     def __init__(self, scaler: Any) -> None:
         if getattr(scaler, "_scale", None) is None:
-            raise RuntimeError("the GradScaler has no scale yet: call scaler.scale(loss).backward() "
-                               "in the closure (in every pass) before stepping")
+            raise RuntimeError(
+                "the GradScaler has no scale yet: call scaler.scale(loss).backward() "
+                "in the closure (in every pass) before stepping"
+            )
         self.scaler = scaler
 
     def unscale_(self, grads: Sequence[Tensor]) -> None:
@@ -55,8 +58,10 @@ class ScaledStep:
         by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
         for g in grads:
             if g.dtype == torch.float16:
-                raise ValueError("Attempting to unscale FP16 gradients (keep fp32 parameters and "
-                                 "use autocast, as with GradScaler)")
+                raise ValueError(
+                    "Attempting to unscale FP16 gradients (keep fp32 parameters and "
+                    "use autocast, as with GradScaler)"
+                )
             by_kind.setdefault((g.device, g.dtype), []).append(g)
         for (device, _), tensors in by_kind.items():
             torch._foreach_mul_(tensors, inv_scale.to(device))
@@ -80,7 +85,9 @@ def unscale_pass(opt: Any, plan: Any, scaler: Any, first: bool) -> None:
     if opt._amp is None and enabled and first:
         opt._amp = ScaledStep(scaler)
     if enabled != (opt._amp is not None) or (enabled and scaler is not opt._amp.scaler):
-        raise ValueError("pass the same enabled GradScaler (scaler=...) to every first_step() "
-                         "and second_step() of a step, or to none of them")
+        raise ValueError(
+            "pass the same enabled GradScaler (scaler=...) to every first_step() "
+            "and second_step() of a step, or to none of them"
+        )
     if opt._amp is not None:
         opt._amp.unscale_([g for b in plan.buckets for g in b.grads])

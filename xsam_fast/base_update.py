@@ -10,6 +10,7 @@ parameters' device (advanced on the device, never read by the host). Any other
 base optimizer (or option) takes the generic path: G is written into ``.grad``
 and the base optimizer's own ``step()`` runs.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,8 +44,14 @@ def fused_kind(base: torch.optim.Optimizer, group: dict[str, Any]) -> FusedKind 
     return None
 
 
-def fused_update(b: Bucket, points: TensorList, backups: TensorList, sc: Tensor,
-                 base: torch.optim.Optimizer, eta: float | None) -> bool:
+def fused_update(
+    b: Bucket,
+    points: TensorList,
+    backups: TensorList,
+    sc: Tensor,
+    base: torch.optim.Optimizer,
+    eta: float | None,
+) -> bool:
     """Interpolate and step the base optimizer on bucket ``b`` in one pass, from
     ``backups`` (theta_0; the params themselves for a plain step, where ``G = g``).
 
@@ -58,19 +65,42 @@ def fused_update(b: Bucket, points: TensorList, backups: TensorList, sc: Tensor,
         if momentum and b.init_bufs:  # torch's rule: buf = G at a buffer's first step
             for o, p in zip(b.owners, b.locals):
                 base.state[o]["momentum_buffer"] = torch.zeros_like(p)
-            b.state = [b.kernels.pack([base.state[o]["momentum_buffer"] for o in b.owners],
-                                      like=b.params)]
+            b.state = [
+                b.kernels.pack([base.state[o]["momentum_buffer"] for o in b.owners], like=b.params)
+            ]
             created = True
-        b.kernels.sgd_update(b.params, points, backups, b.grads,
-                             b.state[0] if momentum else None, sc, b.hyper.tensor,
-                             weight_decay=g["weight_decay"] != 0, momentum=momentum,
-                             nesterov=g["nesterov"], maximize=g["maximize"],
-                             init_bufs=b.init_bufs, eta=eta)
+        b.kernels.sgd_update(
+            b.params,
+            points,
+            backups,
+            b.grads,
+            b.state[0] if momentum else None,
+            sc,
+            b.hyper.tensor,
+            weight_decay=g["weight_decay"] != 0,
+            momentum=momentum,
+            nesterov=g["nesterov"],
+            maximize=g["maximize"],
+            init_bufs=b.init_bufs,
+            eta=eta,
+        )
         return created
     assert b.steps is not None
     b.steps.add_(sc[OK])  # a skipped step does not count
     decoupled = g.get("decoupled_weight_decay", isinstance(base, torch.optim.AdamW))
-    b.kernels.adam_update(b.params, points, backups, b.grads, b.state[0], b.state[1],
-                          b.steps, sc, b.hyper.tensor, weight_decay=g["weight_decay"] != 0,
-                          decoupled=decoupled, maximize=g["maximize"], eta=eta)
+    b.kernels.adam_update(
+        b.params,
+        points,
+        backups,
+        b.grads,
+        b.state[0],
+        b.state[1],
+        b.steps,
+        sc,
+        b.hyper.tensor,
+        weight_decay=g["weight_decay"] != 0,
+        decoupled=decoupled,
+        maximize=g["maximize"],
+        eta=eta,
+    )
     return False

@@ -8,6 +8,7 @@ keeps the original momentum), unlike the authors' versions, and they also give
 let it count every pass, which skews BN layers with ``momentum=None``, whose
 cumulative average divides by that count).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,8 +84,12 @@ def learn_batchnorm(found: list[nn.Module]) -> Iterator[None]:
     seen: set[int] = set()
 
     def hook(module: nn.Module, args: object) -> None:
-        if isinstance(module, _BatchNorm) and module.training and module.track_running_stats \
-                and id(module) not in seen:
+        if (
+            isinstance(module, _BatchNorm)
+            and module.training
+            and module.track_running_stats
+            and id(module) not in seen
+        ):
             seen.add(id(module))
             found.append(module)
 

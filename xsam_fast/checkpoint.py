@@ -13,6 +13,7 @@ groups are what ``torch.distributed.checkpoint`` (``get_optimizer_state_dict`` /
 one process to another, where a top-level key would be dropped. theta_0 is
 scratch within a step and is not saved.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,11 +31,17 @@ KEY = "xsam"
 
 def xsam_state(opt: Any) -> str:
     """XSAM's own state as JSON (reads the skipped-step count from the device)."""
-    return json.dumps(dict(
-        alpha=opt.alpha, step_count=opt.step_count, base_steps=opt.base_steps,
-        search_requested=opt._search_requested, search_curve=opt.search_curve,
-        search_history=opt.search_history[-HISTORY_IN_CHECKPOINT:],
-        skipped_steps=opt.skipped_steps()))
+    return json.dumps(
+        dict(
+            alpha=opt.alpha,
+            step_count=opt.step_count,
+            base_steps=opt.base_steps,
+            search_requested=opt._search_requested,
+            search_curve=opt.search_curve,
+            search_history=opt.search_history[-HISTORY_IN_CHECKPOINT:],
+            skipped_steps=opt.skipped_steps(),
+        )
+    )
 
 
 def state_dict(opt: Any) -> dict[str, Any]:
@@ -55,8 +62,9 @@ def write(state_dict: dict[str, Any], extra: dict[str, Any]) -> None:
     state_dict["param_groups"][0][KEY] = json.dumps(extra)
 
 
-def split(state_dict: dict[str, Any], groups: list[dict[str, Any]]
-          ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def split(
+    state_dict: dict[str, Any], groups: list[dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``(base optimizer's state dict, XSAM's state or None)`` of a state dict to load.
 
     XSAM's state is found in the first param group (or, in checkpoints of earlier
@@ -67,8 +75,9 @@ def split(state_dict: dict[str, Any], groups: list[dict[str, Any]]
     sd = dict(state_dict)
     saved = [dict(g) for g in sd.get("param_groups", [])]
     if len(saved) != len(groups):
-        raise ValueError(f"the state dict has {len(saved)} param groups, this optimizer "
-                         f"{len(groups)}")
+        raise ValueError(
+            f"the state dict has {len(saved)} param groups, this optimizer {len(groups)}"
+        )
     extra = sd.pop(KEY, None)
     for i, (g, current) in enumerate(zip(saved, groups)):
         found = g.pop(KEY, None)
@@ -134,7 +143,8 @@ class CheckpointMixin:
             raise ValueError(
                 "XSAM.step needs a closure (it runs the forward and backward passes "
                 "steps + 1 times: zero_grad, loss = ..., loss.backward(), return loss), or call "
-                "first_step() and second_step() after each backward pass yourself")
+                "first_step() and second_step() after each backward pass yourself"
+            )
         base = self.base_optimizer
         held = {p: p.grad for g in self.param_groups for p in g["params"] if base.state.get(p)}
         try:

@@ -30,6 +30,7 @@ works in the rescaled space ``u = T^{-1} w`` with ``T = diag(|theta_0| + eta)``;
 the functions here are used unchanged on the u-space sums
 ``[sum T^2 g^2, sum d^2 / T^2, sum d g]`` (see ``backends/base.py``).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .backends.base import (ALPHA, C_D, C_G, COEFFS, DG, EPS, FOUND_INF, GG, H_RADIUS,
-                            MAX_NORM, NORM_D, NORM_G, OK, PSI, SKIPPED, SUMSQ)
+from .backends.base import (
+    ALPHA,
+    C_D,
+    C_G,
+    COEFFS,
+    DG,
+    EPS,
+    FOUND_INF,
+    GG,
+    H_RADIUS,
+    MAX_NORM,
+    NORM_D,
+    NORM_G,
+    OK,
+    PSI,
+    SKIPPED,
+    SUMSQ,
+)
 
 #: below this value of ``sin(psi)`` the two directions count as parallel and
 #: ``v(alpha) = (v0 + v1) / 2`` whatever alpha (the authors' rule).
@@ -57,8 +74,9 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def _div(num: Tensor, den: Tensor) -> Tensor:
     """``num / den``, and 0 where ``den == 0`` (never ``0 / 0``)."""
     nonzero = den != 0
-    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)),
-                       torch.zeros_like(num))
+    return torch.where(
+        nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), torch.zeros_like(num)
+    )
 
 
 def ascent_scale(sumsq: Tensor, radius: Tensor | float, eps: Tensor | float) -> Tensor:
@@ -98,8 +116,11 @@ def interpolation_coefficients(
     then has shape (K, 2), else (2,). ``scale`` is ``||g||`` for the update and
     ``rho_max`` for a search point. A coefficient is 0 when its norm plus ``eps`` is 0.
     """
-    alpha = (alpha.to(psi.dtype) if isinstance(alpha, Tensor)
-             else torch.as_tensor(alpha, dtype=psi.dtype, device=psi.device))
+    alpha = (
+        alpha.to(psi.dtype)
+        if isinstance(alpha, Tensor)
+        else torch.as_tensor(alpha, dtype=psi.dtype, device=psi.device)
+    )
     sin_psi = torch.sin(psi)
     degenerate = sin_psi < SIN_PSI_MIN
     safe_sin = torch.where(degenerate, torch.ones_like(sin_psi), sin_psi)
@@ -181,13 +202,14 @@ def update_scalars(sc: Tensor, *, check: bool) -> None:
     ``FOUND_INF`` (kept from the ascents) also set when a sum, a coefficient or
     ``||G||^2`` is not finite (and ``check``); ``OK``; ``SKIPPED`` counts the step if
     it is skipped. All in float64."""
-    sums = sc[GG:DG + 1]
+    sums = sc[GG : DG + 1]
     eps = sc[EPS]
     psi, norm_g, norm_d = angle(sums, eps)
     coeffs = interpolation_coefficients(norm_g, sc[ALPHA], psi, norm_g, norm_d, eps)
     max_norm = sc[MAX_NORM]
-    clip = torch.where(max_norm >= 0, clip_factor(coeffs, sums, max_norm.clamp_min(0)),
-                       torch.ones_like(max_norm))
+    clip = torch.where(
+        max_norm >= 0, clip_factor(coeffs, sums, max_norm.clamp_min(0)), torch.ones_like(max_norm)
+    )
     coeffs = coeffs * clip
     bad = ~_finite(sums[0], sums[1], sums[2], coeffs[0], coeffs[1], g_norm_sq(coeffs, sums))
     sc[PSI], sc[NORM_G], sc[NORM_D] = psi, norm_g, norm_d

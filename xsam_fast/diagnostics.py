@@ -14,6 +14,7 @@ curve. Run it on the digits CNN with::
 (``xsam-fast diagnose`` where the CLI has it); it prints a table and writes
 ``directions.png`` and ``search.jsonl``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,14 +37,25 @@ def direction_losses(record: dict[str, Any]) -> dict[str, float]:
     nearest = lambda x: curve[min(curve, key=lambda a: abs(a - x))]  # noqa: E731
     if min(abs(a - 1.0) for a in curve) > 1e-9 or min(curve) != 0.0:
         raise ValueError("the search curve must hold alpha = 0 and alpha = 1 (use the grid search)")
-    return dict(alpha=float(record["alpha"]), psi=float(record["psi"]), loss_v0=nearest(0.0),
-                loss_v1=nearest(1.0), loss_vstar=nearest(float(record["alpha"])))
+    return dict(
+        alpha=float(record["alpha"]),
+        psi=float(record["psi"]),
+        loss_v0=nearest(0.0),
+        loss_v1=nearest(1.0),
+        loss_vstar=nearest(float(record["alpha"])),
+    )
 
 
-def diagnose_training(model: nn.Module, epoch_batches: Callable[[int], Iterable[Batch]], *,
-                      epochs: int, at: Sequence[int], criterion: nn.Module | None = None,
-                      log_path: str | os.PathLike | None = None,
-                      **xsam_kwargs: Any) -> list[dict[str, Any]]:
+def diagnose_training(
+    model: nn.Module,
+    epoch_batches: Callable[[int], Iterable[Batch]],
+    *,
+    epochs: int,
+    at: Sequence[int],
+    criterion: nn.Module | None = None,
+    log_path: str | os.PathLike | None = None,
+    **xsam_kwargs: Any,
+) -> list[dict[str, Any]]:
     """Train ``model`` with XSAM for ``epochs`` epochs; one diagnostic row per epoch in ``at``.
 
     ``epoch_batches(epoch)`` yields the (inputs, targets) batches of an epoch
@@ -69,6 +81,7 @@ def diagnose_training(model: nn.Module, epoch_batches: Callable[[int], Iterable[
                 logger.context["epoch"] = epoch
             model.train()
             for i, (x, y) in enumerate(epoch_batches(epoch)):
+
                 def closure() -> Tensor:
                     opt.zero_grad()
                     loss = criterion(model(x), y)
@@ -77,11 +90,17 @@ def diagnose_training(model: nn.Module, epoch_batches: Callable[[int], Iterable[
 
                 if i == 0:
                     opt.request_search()
-                loss = opt.step(closure, search_loss=ModelLoss(model, x, y, criterion) if i == 0
-                                else None)
+                loss = opt.step(
+                    closure, search_loss=ModelLoss(model, x, y, criterion) if i == 0 else None
+                )
                 if i == 0 and epoch in at:
-                    row = dict(epoch=epoch, step=records[-1]["step"], loss_theta0=float(loss.detach()),
-                               **direction_losses(records[-1]), curve=records[-1]["curve"])
+                    row = dict(
+                        epoch=epoch,
+                        step=records[-1]["step"],
+                        loss_theta0=float(loss.detach()),
+                        **direction_losses(records[-1]),
+                        curve=records[-1]["curve"],
+                    )
                     rows.append(row)
     finally:
         if logger is not None:
@@ -91,14 +110,18 @@ def diagnose_training(model: nn.Module, epoch_batches: Callable[[int], Iterable[
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a markdown table."""
-    head = ("| epoch | step | L(theta0) | L(v0) [g0] | L(v1) [SAM] | L(v(alpha*)) | alpha* | "
-            "psi (deg) | L(v*) / L(v1) |")
+    head = (
+        "| epoch | step | L(theta0) | L(v0) [g0] | L(v1) [SAM] | L(v(alpha*)) | alpha* | "
+        "psi (deg) | L(v*) / L(v1) |"
+    )
     lines = [head, "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r['epoch']} | {r['step']} | {r['loss_theta0']:.4f} | {r['loss_v0']:.4f} | "
-                     f"{r['loss_v1']:.4f} | {r['loss_vstar']:.4f} | {r['alpha']:.1f} | "
-                     f"{r['psi'] * 180 / 3.141592653589793:.1f} | "
-                     f"{r['loss_vstar'] / r['loss_v1']:.3f} |")
+        lines.append(
+            f"| {r['epoch']} | {r['step']} | {r['loss_theta0']:.4f} | {r['loss_v0']:.4f} | "
+            f"{r['loss_v1']:.4f} | {r['loss_vstar']:.4f} | {r['alpha']:.1f} | "
+            f"{r['psi'] * 180 / 3.141592653589793:.1f} | "
+            f"{r['loss_vstar'] / r['loss_v1']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -109,11 +132,19 @@ def plot_directions(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> s
     plt = _pyplot()
     fig, (ax_b, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.2
-    names = [("loss_theta0", "theta_0"), ("loss_v0", "v0 (g0)"), ("loss_v1", "v1 (SAM)"),
-             ("loss_vstar", "v(alpha*)")]
+    names = [
+        ("loss_theta0", "theta_0"),
+        ("loss_v0", "v0 (g0)"),
+        ("loss_v1", "v1 (SAM)"),
+        ("loss_vstar", "v(alpha*)"),
+    ]
     for j, (key, label) in enumerate(names):
-        ax_b.bar([i + (j - 1.5) * width for i in range(len(rows))], [r[key] for r in rows], width,
-                 label=label)
+        ax_b.bar(
+            [i + (j - 1.5) * width for i in range(len(rows))],
+            [r[key] for r in rows],
+            width,
+            label=label,
+        )
     ax_b.set_xticks(range(len(rows)), [f"epoch {r['epoch']}" for r in rows])
     ax_b.set_ylabel("mini-batch loss")
     ax_b.set_title("loss at distance rho_max along each direction")
@@ -121,10 +152,23 @@ def plot_directions(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> s
     cmap = plt.get_cmap("viridis")
     for i, r in enumerate(rows):
         color = cmap(i / max(1, len(rows) - 1))
-        ax_c.plot([a for a, _ in r["curve"]], [v - r["loss_v1"] for _, v in r["curve"]], "o-",
-                  ms=2.5, color=color, label=f"epoch {r['epoch']} (alpha*={r['alpha']:.1f})")
-        ax_c.plot([r["alpha"]], [r["loss_vstar"] - r["loss_v1"]], "*", ms=11, color=color,
-                  mec="black", mew=0.5)
+        ax_c.plot(
+            [a for a, _ in r["curve"]],
+            [v - r["loss_v1"] for _, v in r["curve"]],
+            "o-",
+            ms=2.5,
+            color=color,
+            label=f"epoch {r['epoch']} (alpha*={r['alpha']:.1f})",
+        )
+        ax_c.plot(
+            [r["alpha"]],
+            [r["loss_vstar"] - r["loss_v1"]],
+            "*",
+            ms=11,
+            color=color,
+            mec="black",
+            mew=0.5,
+        )
     ax_c.axvline(1.0, color="grey", lw=0.8, ls="--")
     ax_c.axhline(0.0, color="grey", lw=0.8, ls="--")
     ax_c.set_xlabel("alpha (0: v0, 1: SAM)")
@@ -139,10 +183,19 @@ def plot_directions(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> s
     return out
 
 
-def digits_diagnostic(*, epochs: int = 6, at: Sequence[int] = (1, 2, 4, 6), seed: int = 0,
-                      out_dir: str | os.PathLike = "diag", width: int = 32, bs: int = 64,
-                      lr: float = 0.05, rho: float = 0.15, rho_max: float = 0.3,
-                      backend: str = "auto") -> list[dict[str, Any]]:
+def digits_diagnostic(
+    *,
+    epochs: int = 6,
+    at: Sequence[int] = (1, 2, 4, 6),
+    seed: int = 0,
+    out_dir: str | os.PathLike = "diag",
+    width: int = 32,
+    bs: int = 64,
+    lr: float = 0.05,
+    rho: float = 0.15,
+    rho_max: float = 0.3,
+    backend: str = "auto",
+) -> list[dict[str, Any]]:
     """:func:`diagnose_training` on the digits CNN of ``xsam-fast train``; writes
     ``directions.png``, ``search.jsonl`` and ``directions.md`` under ``out_dir``."""
     from .train.data import load_dataset
@@ -153,9 +206,19 @@ def digits_diagnostic(*, epochs: int = 6, at: Sequence[int] = (1, 2, 4, 6), seed
     model = SmallCNN(data.in_channels, data.num_classes, width)
     generator = torch.Generator().manual_seed(seed)
     os.makedirs(out_dir, exist_ok=True)
-    rows = diagnose_training(model, lambda _e: data.train.epoch(generator), epochs=epochs, at=at,
-                             log_path=os.path.join(out_dir, "search.jsonl"), lr=lr, momentum=0.9,
-                             weight_decay=1e-3, rho=rho, rho_max=rho_max, backend=backend)
+    rows = diagnose_training(
+        model,
+        lambda _e: data.train.epoch(generator),
+        epochs=epochs,
+        at=at,
+        log_path=os.path.join(out_dir, "search.jsonl"),
+        lr=lr,
+        momentum=0.9,
+        weight_decay=1e-3,
+        rho=rho,
+        rho_max=rho_max,
+        backend=backend,
+    )
     with open(os.path.join(out_dir, "directions.md"), "w", encoding="utf-8") as f:
         f.write(format_table(rows) + "\n")
     plot_directions(rows, os.path.join(out_dir, "directions.png"))
@@ -167,28 +230,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs of XSAM training")
     parser.add_argument("--at", default="1,2,4,6", help="epochs to report, comma-separated")
     parser.add_argument("--seed", type=int, default=0, help="model and batch-order seed")
-    parser.add_argument("--out", default=os.path.join("results", "diagnose"),
-                        help="output folder (table, plot, search log)")
+    parser.add_argument(
+        "--out",
+        default=os.path.join("results", "diagnose"),
+        help="output folder (table, plot, search log)",
+    )
     parser.add_argument("--rho", type=float, default=0.15, help="total ascent length")
-    parser.add_argument("--rho_max", type=float, default=0.3,
-                        help="distance at which the loss is measured (the search radius)")
+    parser.add_argument(
+        "--rho_max",
+        type=float,
+        default=0.3,
+        help="distance at which the loss is measured (the search radius)",
+    )
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (momentum 0.9)")
     parser.add_argument("--backend", default="auto", help="XSAM backend")
 
 
 def run(args: argparse.Namespace) -> int:
     at = [int(a) for a in str(args.at).split(",") if a.strip()]
-    rows = digits_diagnostic(epochs=args.epochs, at=at, seed=args.seed, out_dir=args.out,
-                             lr=args.lr, rho=args.rho, rho_max=args.rho_max, backend=args.backend)
+    rows = digits_diagnostic(
+        epochs=args.epochs,
+        at=at,
+        seed=args.seed,
+        out_dir=args.out,
+        lr=args.lr,
+        rho=args.rho,
+        rho_max=args.rho_max,
+        backend=args.backend,
+    )
     print(format_table(rows))
-    print(f"wrote {os.path.join(args.out, 'directions.png')}, "
-          f"{os.path.join(args.out, 'directions.md')}, {os.path.join(args.out, 'search.jsonl')}")
+    print(
+        f"wrote {os.path.join(args.out, 'directions.png')}, "
+        f"{os.path.join(args.out, 'directions.md')}, {os.path.join(args.out, 'search.jsonl')}"
+    )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xsam_fast.diagnostics", description=(
-        "Loss at distance rho_max along v0 (g0), v1 (SAM) and v(alpha*) on the digits CNN"))
+    parser = argparse.ArgumentParser(
+        prog="python -m xsam_fast.diagnostics",
+        description=(
+            "Loss at distance rho_max along v0 (g0), v1 (SAM) and v(alpha*) on the digits CNN"
+        ),
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -35,6 +35,7 @@ build the optimizer with ``base_optimizer=grad_averaging(torch.optim.SGD)``: the
 interpolated gradient G, which then differs between ranks, is averaged across
 the group right before the base step, so the parameters stay identical.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -153,7 +154,8 @@ class Communicator:
         if groups and size % sharded_over:
             raise NotImplementedError(
                 f"a parameter is sharded over {sharded_over} ranks but XSAM's process group has "
-                f"{size}: the shards must lie within the data-parallel group (process_group=)")
+                f"{size}: the shards must lie within the data-parallel group (process_group=)"
+            )
         return groups
 
     @staticmethod
@@ -204,12 +206,13 @@ def average_grads_(params: Sequence[Tensor], process_group: Group | None = None)
         flat.div_(size)
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
 
-def grad_averaging(base_optimizer: type[torch.optim.Optimizer],
-                   process_group: Group | None = None) -> type[torch.optim.Optimizer]:
+def grad_averaging(
+    base_optimizer: type[torch.optim.Optimizer], process_group: Group | None = None
+) -> type[torch.optim.Optimizer]:
     """A subclass of ``base_optimizer`` whose ``step()`` first averages the gradients
     across ``process_group`` (default: the default group).
 

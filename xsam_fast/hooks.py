@@ -8,6 +8,7 @@ ascent and at its end. The base optimizer's own hooks fire once per step around
 the base update, whether it is fused (its ``step`` never runs) or not (its
 unwrapped ``step`` runs, so that global hooks do not fire twice).
 """
+
 from __future__ import annotations
 
 from itertools import chain
@@ -23,15 +24,19 @@ except ImportError:  # pragma: no cover
 
 def fire_pre(opt: torch.optim.Optimizer, *, global_hooks: bool = True) -> None:
     """Run ``opt``'s step pre-hooks (and the global ones) as ``opt.step()`` would."""
-    hooks = chain(_global_optimizer_pre_hooks.values() if global_hooks else (),
-                  opt._optimizer_step_pre_hooks.values())
+    hooks = chain(
+        _global_optimizer_pre_hooks.values() if global_hooks else (),
+        opt._optimizer_step_pre_hooks.values(),
+    )
     for hook in hooks:
         hook(opt, (), {})
 
 
 def fire_post(opt: torch.optim.Optimizer, *, global_hooks: bool = True) -> None:
-    hooks = chain(opt._optimizer_step_post_hooks.values(),
-                  _global_optimizer_post_hooks.values() if global_hooks else ())
+    hooks = chain(
+        opt._optimizer_step_post_hooks.values(),
+        _global_optimizer_post_hooks.values() if global_hooks else (),
+    )
     for hook in hooks:
         hook(opt, (), {})
 

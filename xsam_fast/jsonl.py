@@ -4,6 +4,7 @@ The search log (:mod:`xsam_fast.searchlog`) and the training log
 (:mod:`xsam_fast.train.log`) both write through :class:`JsonLinesWriter` and
 read back with :func:`read_jsonl`; an interrupted run leaves a readable file.
 """
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ checkpoints. What a step does to the tensors is planned once in
 (:mod:`xsam_fast.backends`); the scalar math is defined in
 :mod:`xsam_fast.coefficients`; the algorithm in ``docs/algorithm.md``.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -116,8 +117,14 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
         rho = V.number("rho", rho, minimum=0)
         rho_max = None if rho_max is None else V.number("rho_max", rho_max, minimum=0)
         eps, eta = V.number("eps", eps, minimum=0), V.number("eta", eta, minimum=0)
-        V.check_choices(base_optimizer=base_optimizer, backend=backend, nonfinite=nonfinite,
-                        search=search, adaptive=adaptive, eta=eta)
+        V.check_choices(
+            base_optimizer=base_optimizer,
+            backend=backend,
+            nonfinite=nonfinite,
+            search=search,
+            adaptive=adaptive,
+            eta=eta,
+        )
 
         super().__init__(params, dict(rho=rho, rho_max=rho_max))
         for i, group in enumerate(self.param_groups):
@@ -132,8 +139,11 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
         self.backend = backend
         self.nonfinite = nonfinite
         self.model = model
-        self.search_interval = (None if search_interval is None
-                                else V.integer("search_interval", search_interval, minimum=1))
+        self.search_interval = (
+            None
+            if search_interval is None
+            else V.integer("search_interval", search_interval, minimum=1)
+        )
         self.search = search
         self.search_batch = V.integer("search_batch", search_batch, minimum=1)
         self.interval = V.integer("interval", interval, minimum=1)
@@ -144,8 +154,9 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
         self._comm = Communicator(process_group)
         self.alpha = V.number("alpha", alpha)  # a search sets it; so may you
         self.eps = eps
-        self.max_grad_norm = (None if max_grad_norm is None
-                              else V.number("max_grad_norm", max_grad_norm, minimum=0))
+        self.max_grad_norm = (
+            None if max_grad_norm is None else V.number("max_grad_norm", max_grad_norm, minimum=0)
+        )
         self._stepper = Stepper(self)
         self._amp: ScaledStep | None = None  # GradScaler bookkeeping of the current step
         self._in_step = False  # inside step(): torch's wrapper fires the step hooks
@@ -203,9 +214,11 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
         stepper = self._stepper
         if stepper.ascents >= self.steps:
             self.restore_param()
-            raise RuntimeError(f"first_step() called {self.steps + 1} times in one step with "
-                               f"steps={self.steps}: call second_step() after the last ascent "
-                               "(theta_0 restored)")
+            raise RuntimeError(
+                f"first_step() called {self.steps + 1} times in one step with "
+                f"steps={self.steps}: call second_step() after the last ascent "
+                "(theta_0 restored)"
+            )
         self._begin()
         try:
             plan = stepper.prepare()
@@ -260,8 +273,10 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
                 model = model if model is not None else self.model
                 if search_loss is None:
                     if model is None or criterion is None:
-                        raise ValueError("update_alpha=True needs model, inputs, targets and "
-                                         "criterion, or search_loss (request_search() too)")
+                        raise ValueError(
+                            "update_alpha=True needs model, inputs, targets and "
+                            "criterion, or search_loss (request_search() too)"
+                        )
                     search_loss = ModelLoss(model, inputs, targets, criterion)
                 points = search_step(self, plan, search_loss, model)
             check = self._check()
@@ -295,8 +310,9 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
         ``closure`` computes the loss and its gradients (``loss.backward()``) and returns
         the loss; XSAM clears the gradients before each later call, so closures with or
         without their own ``zero_grad()`` give the same step (the first pass only sets the
-        ascent's direction, which gradients accumulated onto it do not change). ``search_loss`` is a forward-only
-        callable returning the loss at the current parameters, called at each grid point
+        ascent's direction, which gradients accumulated onto it do not change).
+        ``search_loss`` is a forward-only callable returning the loss at the current
+        parameters, called at each grid point
         when a search runs (every ``search_interval`` steps, with ``update_alpha=True``, or
         after :meth:`request_search`). Returns the loss of the first pass. If anything
         raises inside the step, the parameters are left at theta_0.
@@ -317,29 +333,37 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
                 self.request_search()
             return self._plain_step(closure, scaler)
         if update_alpha is None:
-            update_alpha = (self.search_interval is not None
-                            and self.step_count % self.search_interval == 0)
+            update_alpha = (
+                self.search_interval is not None and self.step_count % self.search_interval == 0
+            )
         if (update_alpha or self._search_requested) and search_loss is None:
-            why = ("request_search() is pending" if self._search_requested and not update_alpha
-                   else "a search is due (update_alpha=True or search_interval)")
-            raise ValueError(f"{why}: this step needs search_loss, a forward-only loss "
-                             "callable")
+            why = (
+                "request_search() is pending"
+                if self._search_requested and not update_alpha
+                else "a search is due (update_alpha=True or search_interval)"
+            )
+            raise ValueError(f"{why}: this step needs search_loss, a forward-only loss callable")
         self._in_step = True
         try:
             owner, grad = self._left_grad
             # the first pass keeps gradients made for it (a backward run before step(), as
             # davda54/sam's loop does), not those the last step left (a missing zero_grad)
             stale = owner is not None and owner.grad is not None and owner.grad is grad()
-            loss = self._closure(closure, learn=self.model is None and self._bn_layers is None,
-                                 clear=stale)
+            loss = self._closure(
+                closure, learn=self.model is None and self._bn_layers is None, clear=stale
+            )
             with frozen_running_stats(self._bn_modules()):
                 self.first_step(0, scaler=scaler)
                 for i in range(1, self.steps):
                     self._closure(closure)
                     self.first_step(i, scaler=scaler)
                 self._closure(closure)
-                self.second_step(update_alpha=update_alpha, model=self.model,
-                                 search_loss=search_loss, scaler=scaler)
+                self.second_step(
+                    update_alpha=update_alpha,
+                    model=self.model,
+                    search_loss=search_loss,
+                    scaler=scaler,
+                )
         except BaseException:
             self.restore_param()
             raise
@@ -347,8 +371,9 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
             self._in_step = False
         return loss
 
-    def _closure(self, closure: Callable[[], Tensor], learn: bool = False,
-                 clear: bool = True) -> Tensor:
+    def _closure(
+        self, closure: Callable[[], Tensor], learn: bool = False, clear: bool = True
+    ) -> Tensor:
         """One pass: gradients cleared (unless ``clear`` is False: the first pass), then
         ``closure()`` with gradients enabled (with ``learn``, the BatchNorm layers that run
         in it are learned, for steps without ``model=``: done in the first step)."""
@@ -389,8 +414,9 @@ class XSAM(ReportingMixin, CheckpointMixin, torch.optim.Optimizer):
         step, or pass ``update_alpha=(batch_idx == 0)``."""
         self._search_requested = True
 
-    def register_search_hook(self, hook: Callable[["XSAM", dict[str, Any]], None]
-                             ) -> RemovableHandle:
+    def register_search_hook(
+        self, hook: Callable[["XSAM", dict[str, Any]], None]
+    ) -> RemovableHandle:
         """Call ``hook(optimizer, record)`` after every search; returns a handle with ``remove()``.
 
         ``record`` is a copy of the :attr:`search_history` entry: ``step``, ``alpha``,

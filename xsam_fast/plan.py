@@ -13,6 +13,7 @@ phase. Whatever changes the structure (a parameter gains or loses its
 gradient, storage is replaced, a group is added, the base optimizer's state is
 reloaded, a gradient's strides change) makes the plan be rebuilt.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,9 +24,21 @@ import torch
 from torch import Tensor
 
 from .backends import get_backend
-from .backends.base import (H_ADAM_EPS, H_BETA1, H_BETA2, H_DAMPENING, H_LR, H_MOMENTUM,
-                            H_RADIUS, H_WEIGHT_DECAY, NHYPER, Backend, LayoutError, TensorList,
-                            is_dense)
+from .backends.base import (
+    H_ADAM_EPS,
+    H_BETA1,
+    H_BETA2,
+    H_DAMPENING,
+    H_LR,
+    H_MOMENTUM,
+    H_RADIUS,
+    H_WEIGHT_DECAY,
+    NHYPER,
+    Backend,
+    LayoutError,
+    TensorList,
+    is_dense,
+)
 from .base_update import FusedKind, fused_kind
 from .distributed import Communicator, is_dtensor, local
 
@@ -105,11 +118,20 @@ class StepPlan:
                     continue
                 p, g = local(owner), local(owner.grad)
                 if g.is_sparse:
-                    raise RuntimeError("XSAM does not support sparse gradients; use a dense "
-                                       "embedding (sparse=False) for the parameters it steps")
+                    raise RuntimeError(
+                        "XSAM does not support sparse gradients; use a dense "
+                        "embedding (sparse=False) for the parameters it steps"
+                    )
                 dense = is_dense(p) and g.stride() == p.stride()
-                key = (gi, p.device, p.dtype, eta_of(opt, owner), comm.shard_groups(owner),
-                       dense, _fresh_momentum(self.base, group, owner))
+                key = (
+                    gi,
+                    p.device,
+                    p.dtype,
+                    eta_of(opt, owner),
+                    comm.shard_groups(owner),
+                    dense,
+                    _fresh_momentum(self.base, group, owner),
+                )
                 keyed.setdefault(key, []).append((owner, p))
         self.sharded = any(key[4] for key in keyed)
         self.dtensor = any(is_dtensor(o) for pairs in keyed.values() for o, _ in pairs)
@@ -118,16 +140,21 @@ class StepPlan:
         self.owners = [o for b in self.buckets for o in b.owners]
         # storage is checked only where the packed lists keep addresses (and under FSDP2,
         # whose local shards the plan holds)
-        self._locals = [p for b in self.buckets for p in b.locals
-                        if self.dtensor or not b.kernels.follows_storage]
+        self._locals = [
+            p
+            for b in self.buckets
+            for p in b.locals
+            if self.dtensor or not b.kernels.follows_storage
+        ]
         self._pointers = [p.data_ptr() for p in self._locals]
         self._structure = _structure(opt)  # after the state this build created
         self.devices = list(dict.fromkeys(b.device for b in self.buckets))
         self.fused = fused and all(b.kind is not None for b in self.buckets)
         self.stale = False  # set when a step changed what the plan depends on
 
-    def _bucket(self, opt: Any, key: tuple, pairs: list[tuple[Tensor, Tensor]],
-                fused: bool) -> Bucket:
+    def _bucket(
+        self, opt: Any, key: tuple, pairs: list[tuple[Tensor, Tensor]], fused: bool
+    ) -> Bucket:
         gi, device, dtype, eta, shards, dense, fresh = key
         group = self.groups[gi]
         backend = get_backend(opt.backend if dense else "reference", device, dtype)
@@ -135,16 +162,30 @@ class StepPlan:
         locals_ = [p for _, p in pairs]
         params = backend.pack(locals_)
         backups = backend.pack([backup_of(opt, o) for o in owners], like=params)
-        bucket = Bucket(group, backend, device, dtype, eta, shards, owners, locals_, params,
-                        backups, Hyper(device))
+        bucket = Bucket(
+            group,
+            backend,
+            device,
+            dtype,
+            eta,
+            shards,
+            owners,
+            locals_,
+            params,
+            backups,
+            Hyper(device),
+        )
         kind = fused_kind(self.base, group) if fused else None
         if kind == "adam":
             self._adam_state(bucket)
         elif kind == "sgd" and group["momentum"] != 0:
             bucket.init_bufs = fresh
             if not fresh:
-                bucket.state = [backend.pack([self.base.state[o]["momentum_buffer"]
-                                              for o in owners], like=params)]
+                bucket.state = [
+                    backend.pack(
+                        [self.base.state[o]["momentum_buffer"] for o in owners], like=params
+                    )
+                ]
         bucket.kind = kind
         return bucket
 
@@ -165,15 +206,20 @@ class StepPlan:
         b.steps = torch.stack(counts) if counts else torch.zeros(0, dtype=dtype, device=b.device)
         for o, view in zip(b.owners, b.steps.unbind(0)):
             state[o]["step"] = view
-        b.state = [b.kernels.pack([state[o][k] for o in b.owners], like=b.params)
-                   for k in ("exp_avg", "exp_avg_sq")]
+        b.state = [
+            b.kernels.pack([state[o][k] for o in b.owners], like=b.params)
+            for k in ("exp_avg", "exp_avg_sq")
+        ]
 
     # ------------------------------------------------------------------ checks
     def holds(self, opt: Any) -> bool:
         """Whether the plan still describes ``opt``: same structure, and the same storage of
         every stepped parameter whose packed lists keep addresses."""
-        return (not self.stale and _structure(opt) == self._structure
-                and [p.data_ptr() for p in self._locals] == self._pointers)
+        return (
+            not self.stale
+            and _structure(opt) == self._structure
+            and [p.data_ptr() for p in self._locals] == self._pointers
+        )
 
     def collect_grads(self) -> bool:
         """Pack this backward pass's gradients; False when the plan no longer holds (a
@@ -236,13 +282,26 @@ def _structure(opt: Any) -> tuple:
     the groups and their parameter lists, each group's fused update, the base
     optimizer's state dict, and the optimizer's backend and geometry settings."""
     base = opt.base_optimizer
-    groups = tuple((id(g), id(g["params"]), len(g["params"]), fused_kind(base, g),
-                    g.get("momentum", 0) != 0) for g in opt.param_groups)
-    return (groups, id(base.state), len(base.state), opt.backend, opt.fuse_base_update,
-            opt.adaptive, opt.eta, opt.adaptive_weights_only)
+    groups = tuple(
+        (id(g), id(g["params"]), len(g["params"]), fused_kind(base, g), g.get("momentum", 0) != 0)
+        for g in opt.param_groups
+    )
+    return (
+        groups,
+        id(base.state),
+        len(base.state),
+        opt.backend,
+        opt.fuse_base_update,
+        opt.adaptive,
+        opt.eta,
+        opt.adaptive_weights_only,
+    )
 
 
 def _fresh_momentum(base: torch.optim.Optimizer, group: dict[str, Any], p: Tensor) -> bool:
     """Whether SGD will create ``p``'s momentum buffer at this step (torch: ``buf = G``)."""
-    return (type(base) is torch.optim.SGD and group.get("momentum", 0) != 0
-            and base.state.get(p, {}).get("momentum_buffer") is None)
+    return (
+        type(base) is torch.optim.SGD
+        and group.get("momentum", 0) != 0
+        and base.state.get(p, {}).get("momentum_buffer") is None
+    )

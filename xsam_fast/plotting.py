@@ -4,6 +4,7 @@
 of a log written by :class:`xsam_fast.searchlog.SearchLogger`. matplotlib is an
 optional dependency (``pip install "xsam-fast[train]"``), imported when drawing.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,9 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as exc:
-        raise RuntimeError('plotting needs matplotlib: pip install matplotlib '
-                           '(or pip install "xsam-fast[train]")') from exc
+        raise RuntimeError(
+            'plotting needs matplotlib: pip install matplotlib (or pip install "xsam-fast[train]")'
+        ) from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -31,16 +33,21 @@ def pick_evenly(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
-def plot_search_log(log: str | os.PathLike | Sequence[dict[str, Any]], out: str | os.PathLike,
-                    *, max_curves: int = 8, relative: bool = True, title: str | None = None
-                    ) -> str:
+def plot_search_log(
+    log: str | os.PathLike | Sequence[dict[str, Any]],
+    out: str | os.PathLike,
+    *,
+    max_curves: int = 8,
+    relative: bool = True,
+    title: str | None = None,
+) -> str:
     """Draw alpha* per search (left) and up to ``max_curves`` loss-vs-alpha curves (right).
 
     ``log`` is a path or the records themselves. The curves are spread evenly
     over the run, coloured from early (dark) to late (light), each with a star
     at its alpha*. With ``relative`` each curve is drawn minus its own minimum, so
-    the shapes stay visible while the loss falls over training. Writes ``out`` (PNG, or any format matplotlib knows from the
-    suffix) and returns its path.
+    the shapes stay visible while the loss falls over training. Writes ``out`` (PNG, or any
+    format matplotlib knows from the suffix) and returns its path.
     """
     records = read_search_log(log) if isinstance(log, (str, os.PathLike)) else list(log)
     if not records:

@@ -5,6 +5,7 @@ one host synchronisation, made only when asked (:meth:`ReportingMixin.stats`) or
 at points that synchronise anyway (a search, a checkpoint). Steps skipped since
 the last read are warned about at that point (``nonfinite="warn"``).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -38,8 +39,14 @@ class ReportingMixin:
             return {}
         psi, grad_norm, d_norm, skipped, count = torch.stack([stats[k] for k in _NAMES]).tolist()
         self._report_skips(count)
-        return dict(alpha=self.alpha, psi=psi, grad_norm=grad_norm, d_norm=d_norm,
-                    skipped=bool(skipped), skipped_steps=int(count))
+        return dict(
+            alpha=self.alpha,
+            psi=psi,
+            grad_norm=grad_norm,
+            d_norm=d_norm,
+            skipped=bool(skipped),
+            skipped_steps=int(count),
+        )
 
     def skipped_steps(self) -> int:
         """Steps skipped so far because of a non-finite value (one host read)."""
@@ -52,9 +59,13 @@ class ReportingMixin:
         if count is None:
             count = self.skipped_steps()
         if count > self._reported_skips:
-            warnings.warn(f"XSAM: {int(count - self._reported_skips)} step(s) skipped since the "
-                          f"last report ({int(count)} in all): a non-finite gradient, sum or "
-                          "coefficient; theta_0 was kept", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"XSAM: {int(count - self._reported_skips)} step(s) skipped since the "
+                f"last report ({int(count)} in all): a non-finite gradient, sum or "
+                "coefficient; theta_0 was kept",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             self._reported_skips = count
 
     def _restore_skipped(self, count: int) -> None:

@@ -20,6 +20,7 @@ Strategies, by forward passes on the default 21-point grid (0..2 step 0.1):
 optimizer can evaluate it at several alphas in one vectorised forward
 (``XSAM(search_batch=K)``), which an opaque callable does not allow.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,13 +38,17 @@ Evaluate = Callable[[Sequence[float]], list[float]]
 Strategy = Callable[[Sequence[float], Evaluate], "tuple[float | None, list[tuple[float, float]]]"]
 
 
-def grid_search(alphas: Sequence[float], evaluate: Evaluate) -> tuple[float | None, list[tuple[float, float]]]:
+def grid_search(
+    alphas: Sequence[float], evaluate: Evaluate
+) -> tuple[float | None, list[tuple[float, float]]]:
     """The authors' exhaustive search: every grid point, first strict maximum wins."""
     losses = evaluate(alphas)
     return best_alpha(alphas, losses), list(zip(alphas, losses))
 
 
-def fibonacci_search(alphas: Sequence[float], evaluate: Evaluate) -> tuple[float | None, list[tuple[float, float]]]:
+def fibonacci_search(
+    alphas: Sequence[float], evaluate: Evaluate
+) -> tuple[float | None, list[tuple[float, float]]]:
     """Fibonacci search of the grid's maximum, exact when the loss is unimodal in alpha.
 
     Brackets the maximiser with Fibonacci-spaced probes (indices past the grid
@@ -88,8 +93,9 @@ def _fibonacci_indices(n: int, f: Callable[[int], float], offset: int = 0) -> No
         f(offset + i)
 
 
-def coarse_search(alphas: Sequence[float], evaluate: Evaluate, stride: int = 4
-                  ) -> tuple[float | None, list[tuple[float, float]]]:
+def coarse_search(
+    alphas: Sequence[float], evaluate: Evaluate, stride: int = 4
+) -> tuple[float | None, list[tuple[float, float]]]:
     """Coarse grid (every ``stride``-th point and the last one, in one ``evaluate`` call), then
     a Fibonacci search strictly between the neighbours of the best coarse point.
 
@@ -126,8 +132,11 @@ def _rank(loss: float) -> float:
     return loss if math.isfinite(loss) else float("-inf")
 
 
-STRATEGIES: dict[str, Strategy] = {"grid": grid_search, "fibonacci": fibonacci_search,
-                                   "coarse": coarse_search}
+STRATEGIES: dict[str, Strategy] = {
+    "grid": grid_search,
+    "fibonacci": fibonacci_search,
+    "coarse": coarse_search,
+}
 
 
 class ModelLoss:
@@ -141,8 +150,9 @@ class ModelLoss:
     with the closure API pass ``search_loss=ModelLoss(model, x, y, criterion)``.
     """
 
-    def __init__(self, model: nn.Module, inputs: Any, targets: Any,
-                 criterion: Callable[[Any, Any], Tensor]) -> None:
+    def __init__(
+        self, model: nn.Module, inputs: Any, targets: Any, criterion: Callable[[Any, Any], Tensor]
+    ) -> None:
         self.model, self.inputs, self.targets, self.criterion = model, inputs, targets, criterion
 
     def __call__(self) -> Tensor:
@@ -160,8 +170,9 @@ class ModelLoss:
         from torch.func import functional_call, vmap
 
         def one(p: Mapping[str, Tensor]) -> Tensor:
-            return self.criterion(functional_call(self.model, dict(p), (self.inputs,)),
-                                  self.targets)
+            return self.criterion(
+                functional_call(self.model, dict(p), (self.inputs,)), self.targets
+            )
 
         with _no_running_stats(self.model):
             return vmap(one, randomness="different")(dict(params))
@@ -193,8 +204,12 @@ def rho_max_of(group: dict[str, Any]) -> float:
     return group["rho_max"] if group["rho_max"] is not None else 2 * group["rho"]
 
 
-def run_search(opt: Any, plan: Any, loss_fn: Callable[[], Tensor], model: nn.Module | None,
-               ) -> tuple[float | None, list[tuple[float, float]], list[Any], dict[str, Any]]:
+def run_search(
+    opt: Any,
+    plan: Any,
+    loss_fn: Callable[[], Tensor],
+    model: nn.Module | None,
+) -> tuple[float | None, list[tuple[float, float]], list[Any], dict[str, Any]]:
     """Search alpha for the current step of ``opt`` (an :class:`~xsam_fast.XSAM`) with its
     strategy; returns ``(alpha or None, curve, points, record)``.
 
@@ -213,36 +228,45 @@ def run_search(opt: Any, plan: Any, loss_fn: Callable[[], Tensor], model: nn.Mod
     psi, norm_g, norm_d = coefficients.angle(sc[SUMS], sc[EPS])
     alphas = coefficients.alpha_grid(opt.alpha_max, opt.alpha_delta)
     grid = torch.tensor(alphas, dtype=torch.float64, device=sc.device)
-    coeffs = [coefficients.interpolation_coefficients(rho_max_of(b.group), grid, psi, norm_g,
-                                                      norm_d, sc[EPS]).to(b.device)
-              for b in plan.buckets]
-    points = [b.kernels.pack([p.detach().clone() for p in b.locals], like=b.params)
-              for b in plan.buckets]
+    coeffs = [
+        coefficients.interpolation_coefficients(
+            rho_max_of(b.group), grid, psi, norm_g, norm_d, sc[EPS]
+        ).to(b.device)
+        for b in plan.buckets
+    ]
+    points = [
+        b.kernels.pack([p.detach().clone() for p in b.locals], like=b.params) for b in plan.buckets
+    ]
     index = {a: k for k, a in enumerate(alphas)}
     names = _batch_names(opt.search_batch, plan, loss_fn)
     forwards = [0]
     fsdp = D.fsdp_modules(model if model is not None else getattr(loss_fn, "model", None))
     if not fsdp and plan.sharded:
-        raise ValueError("searching alpha with FSDP2 (sharded) parameters needs the model, "
-                         "to reshard it after each search forward: XSAM(model=...), "
-                         "second_step(model=...) or search_loss=ModelLoss(model, ...)")
+        raise ValueError(
+            "searching alpha with FSDP2 (sharded) parameters needs the model, "
+            "to reshard it after each search forward: XSAM(model=...), "
+            "second_step(model=...) or search_loss=ModelLoss(model, ...)"
+        )
 
     def evaluate(batch: Sequence[float]) -> list[float]:
         losses = []
         if names is not None:  # search_batch points per vectorised forward
             for start in range(0, len(batch), opt.search_batch):
-                chunk = [index[a] for a in batch[start:start + opt.search_batch]]
-                stacked = {names[id(p)]: _stacked_points(p, x, b0, g, co[chunk], b.eta)
-                           for b, pts, co in zip(plan.buckets, points, coeffs)
-                           for p, x, b0, g in zip(b.locals, pts, b.backups, b.grads)}
+                chunk = [index[a] for a in batch[start : start + opt.search_batch]]
+                stacked = {
+                    names[id(p)]: _stacked_points(p, x, b0, g, co[chunk], b.eta)
+                    for b, pts, co in zip(plan.buckets, points, coeffs)
+                    for p, x, b0, g in zip(b.locals, pts, b.backups, b.grads)
+                }
                 losses.extend(loss_fn.batched(stacked).detach().reshape(-1).unbind(0))
                 forwards[0] += 1
         else:
             for a in batch:
                 for b, pts, co in zip(plan.buckets, points, coeffs):
                     with b.guard():
-                        b.kernels.write_point(b.params, pts, b.backups, b.grads, co[index[a]],
-                                              eta=b.eta)
+                        b.kernels.write_point(
+                            b.params, pts, b.backups, b.grads, co[index[a]], eta=b.eta
+                        )
                 losses.append(loss_fn().detach().reshape(()).to(sc.device))
                 D.reshard(fsdp)
                 forwards[0] += 1
@@ -253,15 +277,24 @@ def run_search(opt: Any, plan: Any, loss_fn: Callable[[], Tensor], model: nn.Mod
     start_time = time.perf_counter()
     alpha, curve = STRATEGIES[opt.search](alphas, evaluate)
     psi_f, norm_g_f, norm_d_f = torch.stack([psi, norm_g, norm_d]).tolist()
-    record = dict(step=opt.step_count, alpha=opt.alpha if alpha is None else alpha, curve=curve,
-                  strategy=opt.search, evaluations=len(curve), forwards=forwards[0],
-                  time_s=time.perf_counter() - start_time, psi=psi_f, grad_norm=norm_g_f,
-                  d_norm=norm_d_f)
+    record = dict(
+        step=opt.step_count,
+        alpha=opt.alpha if alpha is None else alpha,
+        curve=curve,
+        strategy=opt.search,
+        evaluations=len(curve),
+        forwards=forwards[0],
+        time_s=time.perf_counter() - start_time,
+        psi=psi_f,
+        grad_norm=norm_g_f,
+        d_norm=norm_d_f,
+    )
     return alpha, curve, points, record
 
 
-def _batch_names(search_batch: int, plan: Any, loss_fn: Callable[[], Tensor]
-                 ) -> dict[int, str] | None:
+def _batch_names(
+    search_batch: int, plan: Any, loss_fn: Callable[[], Tensor]
+) -> dict[int, str] | None:
     """Parameter names for a batched search, or None for the sequential one (search_batch 1,
     a search loss that is not a :class:`ModelLoss`, or parameters outside its model)."""
     if search_batch == 1 or not isinstance(loss_fn, ModelLoss):
@@ -272,19 +305,22 @@ def _batch_names(search_batch: int, plan: Any, loss_fn: Callable[[], Tensor]
     return names
 
 
-def _stacked_points(p: Tensor, point: Tensor, backup: Tensor, grad: Tensor, coeffs: Tensor,
-                    eta: float | None) -> Tensor:
+def _stacked_points(
+    p: Tensor, point: Tensor, backup: Tensor, grad: Tensor, coeffs: Tensor, eta: float | None
+) -> Tensor:
     """The K search points of one parameter, stacked (K, *p.shape); ``coeffs`` is (K, 2).
     The reference backend's ``write_point`` arithmetic, broadcast over K."""
     from .backends.reference import search_point
 
     shape = (-1,) + (1,) * p.dim()
-    return search_point(point, backup, grad, coeffs[:, 0].reshape(shape),
-                        coeffs[:, 1].reshape(shape), eta).to(p.dtype)
+    return search_point(
+        point, backup, grad, coeffs[:, 0].reshape(shape), coeffs[:, 1].reshape(shape), eta
+    ).to(p.dtype)
 
 
-def search_step(opt: Any, plan: Any, loss_fn: Callable[[], Tensor], model: nn.Module | None
-                ) -> list[Any] | None:
+def search_step(
+    opt: Any, plan: Any, loss_fn: Callable[[], Tensor], model: nn.Module | None
+) -> list[Any] | None:
     """The search of one step of ``opt``: run it (BatchNorm statistics frozen), set alpha,
     record it, call the search hooks. Returns the saved ascent points for the update, or
     None when the step's sums are not finite (then nothing is searched)."""
@@ -294,15 +330,21 @@ def search_step(opt: Any, plan: Any, loss_fn: Callable[[], Tensor], model: nn.Mo
     from .batchnorm import frozen_running_stats
 
     if not bool(torch.isfinite(opt._stepper.scalars.on(plan.devices[0])[SUMS]).all()):
-        warnings.warn("XSAM: non-finite gradient or displacement: no search in this step",
-                      RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            "XSAM: non-finite gradient or displacement: no search in this step",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         return None
     bn = model if model is not None else (getattr(loss_fn, "model", None) or opt._bn_modules())
     with frozen_running_stats(bn):
         alpha, curve, points, record = run_search(opt, plan, loss_fn, model)
     if alpha is None:
-        warnings.warn(f"XSAM: no finite loss at the {len(curve)} search points; alpha kept at "
-                      f"{opt.alpha}", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"XSAM: no finite loss at the {len(curve)} search points; alpha kept at {opt.alpha}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     else:
         opt.alpha = alpha
     opt.search_curve = curve

@@ -15,6 +15,7 @@ its earlier searches; ``SearchLogger(path, append=False)`` starts afresh::
 
 :func:`read_search_log` reads it back; :mod:`xsam_fast.plotting` draws it.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,18 @@ from typing import Any
 from .jsonl import JsonLinesWriter, read_jsonl
 
 #: fields of every search record (besides the logger's context)
-FIELDS = ("step", "alpha", "curve", "psi", "grad_norm", "d_norm", "strategy", "evaluations",
-          "forwards", "time_s")
+FIELDS = (
+    "step",
+    "alpha",
+    "curve",
+    "psi",
+    "grad_norm",
+    "d_norm",
+    "strategy",
+    "evaluations",
+    "forwards",
+    "time_s",
+)
 
 
 class SearchLogger:
@@ -65,7 +76,9 @@ def read_search_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     """
     records = [obj for obj in read_jsonl(path) if obj.get("kind") == "search"]
     if not records:
-        raise ValueError(f"{path}: no search records (written by xsam_fast.searchlog.SearchLogger?)")
+        raise ValueError(
+            f"{path}: no search records (written by xsam_fast.searchlog.SearchLogger?)"
+        )
     return records
 
 

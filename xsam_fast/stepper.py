@@ -9,6 +9,7 @@ device, copied to the others), the ascents, the update (fused, or G into
 parameters hold theta_0. Nothing here reads a device value on the host, except
 where a caller asks for it (``nonfinite="raise"``, the generic base step).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -16,8 +17,18 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .backends.base import (ALPHA, COEFFS, EPS, FOUND_INF, MAX_NORM, NSCALARS, SUMS, SUMSQ,
-                            Backend, TensorList)
+from .backends.base import (
+    ALPHA,
+    COEFFS,
+    EPS,
+    FOUND_INF,
+    MAX_NORM,
+    NSCALARS,
+    SUMS,
+    SUMSQ,
+    Backend,
+    TensorList,
+)
 from . import hooks
 from .base_update import fused_update
 from .distributed import local
@@ -41,8 +52,11 @@ class DeviceScalars:
         if host == self._host:
             return
         alpha, eps = number("alpha", opt.alpha), number("eps", opt.eps, minimum=0)
-        max_norm = (-1.0 if opt.max_grad_norm is None
-                    else number("max_grad_norm", opt.max_grad_norm, minimum=0))
+        max_norm = (
+            -1.0
+            if opt.max_grad_norm is None
+            else number("max_grad_norm", opt.max_grad_norm, minimum=0)
+        )
         for index, value in ((ALPHA, alpha), (EPS, eps), (MAX_NORM, max_norm)):
             if self._fixed.get(index) != value:
                 self.set(index, value)
@@ -51,8 +65,7 @@ class DeviceScalars:
     def on(self, device: torch.device) -> Tensor:
         sc = self._vectors.get(device)
         if sc is None:
-            sc = self._vectors[device] = torch.zeros(NSCALARS, dtype=torch.float64,
-                                                     device=device)
+            sc = self._vectors[device] = torch.zeros(NSCALARS, dtype=torch.float64, device=device)
             for index, value in self._fixed.items():
                 sc[index] = value
         return sc
@@ -105,7 +118,8 @@ class Stepper:
         if not any(p.grad is not None for g in opt.param_groups for p in g["params"]):
             raise RuntimeError(
                 "XSAM: no parameter has a gradient. Run the backward pass before first_step() "
-                "and second_step(); a closure for step() must call loss.backward()")
+                "and second_step(); a closure for step() must call loss.backward()"
+            )
         for group in opt.param_groups:  # groups added to the base optimizer directly
             group.setdefault("rho", opt.defaults["rho"])
             group.setdefault("rho_max", opt.defaults["rho_max"])
@@ -177,6 +191,7 @@ class Stepper:
     def ascent(self, plan: StepPlan, *, backup: bool, check: bool) -> None:
         """``||g_u||^2``, the skip flag, then the ascent of every bucket (backing up first
         if ``backup``)."""
+
         def sumsq(b: Bucket, out: Tensor, accumulate: bool) -> None:
             weights = (b.params if backup else b.backups) if b.eta is not None else None
             b.kernels.sumsq(b.grads, out, accumulate=accumulate, weights=weights, eta=b.eta)
@@ -186,15 +201,23 @@ class Stepper:
         self._derive(plan, lambda k, sc: k.ascent_scalars(sc, first=first, check=check))
         for b in plan.buckets:
             with b.guard():
-                b.kernels.backup_ascent(b.params, b.grads, b.backups, self.sc(b),
-                                        b.hyper.tensor, backup=backup, eta=b.eta)
+                b.kernels.backup_ascent(
+                    b.params,
+                    b.grads,
+                    b.backups,
+                    self.sc(b),
+                    b.hyper.tensor,
+                    backup=backup,
+                    eta=b.eta,
+                )
             b.grads = None  # the next backward pass must be free to release them
         self.ascents += 1
 
     def final_sums(self, plan: StepPlan) -> None:
         def sums(b: Bucket, out: Tensor, accumulate: bool) -> None:
-            b.kernels.final_sums(b.params, b.backups, b.grads, out, accumulate=accumulate,
-                                 eta=b.eta)
+            b.kernels.final_sums(
+                b.params, b.backups, b.grads, out, accumulate=accumulate, eta=b.eta
+            )
 
         self._reduce(plan, SUMS, sums)
 
@@ -204,6 +227,7 @@ class Stepper:
 
     def plain_sums(self, plan: StepPlan, check: bool) -> None:
         """The skip flag of a plain base step (``interval > 1``) and ``G = g``."""
+
         def sumsq(b: Bucket, out: Tensor, accumulate: bool) -> None:
             b.kernels.sumsq(b.grads, out, accumulate=accumulate)
 
@@ -214,8 +238,9 @@ class Stepper:
         """The skip flag, read on the host (a synchronisation on a GPU)."""
         return bool(self.scalars.on(plan.devices[0])[FOUND_INF] != 0)
 
-    def update(self, plan: StepPlan, points: list[TensorList] | None = None, *,
-               plain: bool = False) -> bool:
+    def update(
+        self, plan: StepPlan, points: list[TensorList] | None = None, *, plain: bool = False
+    ) -> bool:
         """The base update from theta_0 (or, ``plain``, from the params themselves); returns
         False when the generic base step must run (G written into ``.grad``)."""
         points = points or [b.params for b in plan.buckets]
@@ -223,19 +248,27 @@ class Stepper:
             base = self.opt.base_optimizer
             for b, pts in zip(plan.buckets, points):
                 with b.guard():
-                    created = fused_update(b, pts, b.params if plain else b.backups,
-                                           self.sc(b), base, None if plain else b.eta)
+                    created = fused_update(
+                        b,
+                        pts,
+                        b.params if plain else b.backups,
+                        self.sc(b),
+                        base,
+                        None if plain else b.eta,
+                    )
                 plan.stale |= created
             return True
         if not plain:
             for b, pts in zip(plan.buckets, points):
                 with b.guard():
-                    b.kernels.write_grad_restore(b.params, pts, b.backups, b.grads,
-                                                 self.sc(b)[COEFFS], eta=b.eta)
+                    b.kernels.write_grad_restore(
+                        b.params, pts, b.backups, b.grads, self.sc(b)[COEFFS], eta=b.eta
+                    )
         return False
 
-    def base_update(self, plan: StepPlan, points: list[TensorList] | None, check: bool, *,
-                    plain: bool = False) -> None:
+    def base_update(
+        self, plan: StepPlan, points: list[TensorList] | None, check: bool, *, plain: bool = False
+    ) -> None:
         """The base update (:meth:`update`), or the base optimizer's own step after G was
         written into ``.grad`` (skipped if the host reads the flag set); the base optimizer's
         own step hooks fire once around it, fused or not."""
@@ -251,8 +284,9 @@ class Stepper:
             hooks.fire_post(base, global_hooks=False)
 
     # ------------------------------------------------------------------ sums and scalars
-    def _reduce(self, plan: StepPlan, slot: slice,
-                run: Callable[[Bucket, Tensor, bool], None]) -> None:
+    def _reduce(
+        self, plan: StepPlan, slot: slice, run: Callable[[Bucket, Tensor, bool], None]
+    ) -> None:
         """Sum a per-bucket reduction into ``sc[slot]`` of every device: over the buckets of
         a device in order; sharded (FSDP2) buckets over their shard groups (one
         all-reduce per group); then over devices, into the first device's vector."""

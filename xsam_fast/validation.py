@@ -4,6 +4,7 @@ Numbers may be Python ints and floats, numpy scalars or 0-d tensors (read once,
 at construction); ``bool`` is refused wherever a number is expected (``True`` is
 an int in Python, and ``rho=True`` is a mistake, not 1.0).
 """
+
 from __future__ import annotations
 
 import math
@@ -14,11 +15,14 @@ import torch
 from torch import Tensor
 
 
-def number(name: str, value: Any, *, minimum: float | None = None,
-           positive: bool = False) -> float:
+def number(name: str, value: Any, *, minimum: float | None = None, positive: bool = False) -> float:
     """``value`` as a finite float (>= ``minimum``, > 0 if ``positive``), or ValueError."""
-    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool \
-            and not value.dtype.is_complex:
+    if (
+        isinstance(value, Tensor)
+        and value.dim() == 0
+        and value.dtype != torch.bool
+        and not value.dtype.is_complex
+    ):
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -47,20 +51,27 @@ def check_group(group: dict[str, Any], index: int | None = None) -> None:
         value = group.get(key)
         if key == "rho_max" and value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                or not math.isfinite(value) or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise ValueError(f"{key} must be a finite number >= 0{where}, got {value!r}")
 
 
-def check_choices(*, base_optimizer: Any, backend: str, nonfinite: str, search: str,
-                  adaptive: bool, eta: float) -> None:
+def check_choices(
+    *, base_optimizer: Any, backend: str, nonfinite: str, search: str, adaptive: bool, eta: float
+) -> None:
     """XSAM's non-numeric arguments, and eta > 0 with the adaptive geometry."""
     from .backends import available_backends, backend_status, validate_backend_name
     from .search import STRATEGIES
 
     if adaptive and eta == 0:
-        raise ValueError("adaptive=True needs eta > 0: T = |theta_0| + eta must not vanish "
-                         "where a weight is 0 (the step divides by T^2)")
+        raise ValueError(
+            "adaptive=True needs eta > 0: T = |theta_0| + eta must not vanish "
+            "where a weight is 0 (the step divides by T^2)"
+        )
     if nonfinite not in ("warn", "raise", "none"):
         raise ValueError(f"nonfinite must be 'warn', 'raise' or 'none', got {nonfinite!r}")
     if search not in STRATEGIES:
@@ -72,11 +83,13 @@ def check_choices(*, base_optimizer: Any, backend: str, nonfinite: str, search: 
 
 
 def check_base_optimizer(base_optimizer: Any) -> None:
-    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer,
-                                                            torch.optim.Optimizer)):
-        raise TypeError(f"base_optimizer must be a torch.optim.Optimizer class, got "
-                        f"{base_optimizer!r}")
+    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
+        raise TypeError(
+            f"base_optimizer must be a torch.optim.Optimizer class, got {base_optimizer!r}"
+        )
     if issubclass(base_optimizer, torch.optim.LBFGS):
-        raise ValueError("LBFGS cannot be XSAM's base optimizer: its step() re-evaluates a "
-                         "closure at points of its own line search, while XSAM hands it one "
-                         "interpolated gradient G from theta_0")
+        raise ValueError(
+            "LBFGS cannot be XSAM's base optimizer: its step() re-evaluates a "
+            "closure at points of its own line search, while XSAM hands it one "
+            "interpolated gradient G from theta_0"
+        )

@@ -6,6 +6,7 @@ Backend modules are imported lazily, so a broken optional backend (a failed
 extension build, no Triton) never breaks ``import xsam_fast``; its
 ``is_available()`` carries the reason.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -60,9 +61,7 @@ def available_backends() -> list[str]:
 
 def validate_backend_name(name: str) -> None:
     if name not in backend_names():
-        raise ValueError(
-            f"unknown backend {name!r}; valid backends: {', '.join(backend_names())}"
-        )
+        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(backend_names())}")
 
 
 @lru_cache(maxsize=None)

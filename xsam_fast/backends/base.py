@@ -76,6 +76,7 @@ operation). ``q`` is never formed as ``0 / 0``: where ``T*T`` underflows to 0 th
 ascent moved nothing (``d = 0``), and ``q`` is 0. ``eta`` is a Python float; the math
 uses it in the accumulation dtype.
 """
+
 from __future__ import annotations
 
 import abc
@@ -101,14 +102,14 @@ SUMS = slice(GG, DG + 1)
 COEFFS = slice(C_D, C_G + 1)
 
 # ------------------------------------------------------------------ hyper-parameters
-H_RADIUS = 0        # ascent length of one ascent step, rho / steps
+H_RADIUS = 0  # ascent length of one ascent step, rho / steps
 H_LR = 1
 H_WEIGHT_DECAY = 2
-H_MOMENTUM = 3      # SGD
-H_DAMPENING = 4     # SGD
-H_BETA1 = 3         # Adam (shares the slots of SGD's momentum and dampening)
-H_BETA2 = 4         # Adam
-H_ADAM_EPS = 5      # Adam
+H_MOMENTUM = 3  # SGD
+H_DAMPENING = 4  # SGD
+H_BETA1 = 3  # Adam (shares the slots of SGD's momentum and dampening)
+H_BETA2 = 4  # Adam
+H_ADAM_EPS = 5  # Adam
 NHYPER = 6
 
 
@@ -162,8 +163,9 @@ def is_dense(t: Tensor) -> bool:
     return True
 
 
-def check_layout(tensors: Sequence[Tensor], like: TensorList | None, *, dense: bool,
-                 grads: bool = False) -> None:
+def check_layout(
+    tensors: Sequence[Tensor], like: TensorList | None, *, dense: bool, grads: bool = False
+) -> None:
     """Raise :class:`LayoutError` unless ``tensors`` share one device and dtype and match
     ``like`` index for index in device and shape; with ``dense``, they must also be dense
     and non-overlapping and have ``like``'s strides (the fast backends step memory in
@@ -185,19 +187,27 @@ def check_layout(tensors: Sequence[Tensor], like: TensorList | None, *, dense: b
         raise LayoutError(f"{len(tensors)} tensors, {len(like)} expected")
     for i, t in enumerate(tensors):
         if t.device != device or t.dtype != dtype:
-            raise LayoutError(f"tensor {i} is a {t.dtype} tensor on {t.device}, the first a "
-                              f"{dtype} tensor on {device}")
+            raise LayoutError(
+                f"tensor {i} is a {t.dtype} tensor on {t.device}, the first a "
+                f"{dtype} tensor on {device}"
+            )
         if dense and not is_dense(t):
-            raise LayoutError(f"tensor {i} (shape {tuple(t.shape)}, strides {t.stride()}) is "
-                              "not dense and non-overlapping")
+            raise LayoutError(
+                f"tensor {i} (shape {tuple(t.shape)}, strides {t.stride()}) is "
+                "not dense and non-overlapping"
+            )
         if like is not None:
             ref = like.tensors[i]
-            if t.shape != ref.shape or t.device != ref.device or (dense and t.stride() != ref.stride()):
-                raise LayoutError(f"tensor {i}: shape {tuple(t.shape)}, strides {t.stride()} on "
-                                  f"{t.device}; expected {tuple(ref.shape)}, {ref.stride()} on "
-                                  f"{ref.device}")
-
-
+            if (
+                t.shape != ref.shape
+                or t.device != ref.device
+                or (dense and t.stride() != ref.stride())
+            ):
+                raise LayoutError(
+                    f"tensor {i}: shape {tuple(t.shape)}, strides {t.stride()} on "
+                    f"{t.device}; expected {tuple(ref.shape)}, {ref.stride()} on "
+                    f"{ref.device}"
+                )
 
 
 class Backend(abc.ABC):
@@ -220,8 +230,9 @@ class Backend(abc.ABC):
         """Whether buckets on ``device`` with ``dtype`` can be handled."""
 
     # ------------------------------------------------------------------ lists
-    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None, *,
-             grads: bool = False) -> TensorList:
+    def pack(
+        self, tensors: Sequence[Tensor], like: TensorList | None = None, *, grads: bool = False
+    ) -> TensorList:
         """``tensors`` in this backend's form. With ``like``, tensor ``i`` must have the
         device, dtype, shape and strides of ``like[i]`` (raises :class:`LayoutError`);
         fast backends also require dense, non-overlapping tensors. ``grads``: the tensors
@@ -232,8 +243,15 @@ class Backend(abc.ABC):
 
     # ------------------------------------------------------------------ reductions
     @abc.abstractmethod
-    def sumsq(self, grads: TensorList, out: Tensor, *, accumulate: bool,
-              weights: TensorList | None = None, eta: float | None = None) -> None:
+    def sumsq(
+        self,
+        grads: TensorList,
+        out: Tensor,
+        *,
+        accumulate: bool,
+        weights: TensorList | None = None,
+        eta: float | None = None,
+    ) -> None:
         """``out[0] = sum_i ||grads[i]||^2`` (``+=`` if ``accumulate``); ``out`` is a float64
         1-element tensor on the bucket's device (``sc[SUMSQ:SUMSQ + 1]``). The sum runs in
         the accumulation dtype and is converted to float64 once, then added.
@@ -244,8 +262,16 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def final_sums(self, points: TensorList, backups: TensorList, grads: TensorList, out: Tensor, *,
-                   accumulate: bool, eta: float | None = None) -> None:
+    def final_sums(
+        self,
+        points: TensorList,
+        backups: TensorList,
+        grads: TensorList,
+        out: Tensor,
+        *,
+        accumulate: bool,
+        eta: float | None = None,
+    ) -> None:
         """One pass: ``out[0:3] = [||g||^2, ||d||^2, <d, g>]`` (``+=`` if ``accumulate``),
         ``d = points - backups``; ``out`` is float64 (``sc[SUMS]``), as in :meth:`sumsq`.
 
@@ -278,8 +304,17 @@ class Backend(abc.ABC):
 
     # ------------------------------------------------------------------ elementwise
     @abc.abstractmethod
-    def backup_ascent(self, params: TensorList, grads: TensorList, backups: TensorList, sc: Tensor,
-                      hyper: Tensor, *, backup: bool, eta: float | None = None) -> None:
+    def backup_ascent(
+        self,
+        params: TensorList,
+        grads: TensorList,
+        backups: TensorList,
+        sc: Tensor,
+        hyper: Tensor,
+        *,
+        backup: bool,
+        eta: float | None = None,
+    ) -> None:
         """``backups <- params`` (only if ``backup``), then ``params += scale * grads`` with
         ``scale = ascent_scale(sc, hyper)`` (:func:`xsam_fast.coefficients.ascent_scale`:
         ``hyper[H_RADIUS] / (sqrt(sc[SUMSQ]) + sc[EPS])``, 0 where ``sc[FOUND_INF]`` is set
@@ -291,8 +326,16 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def write_point(self, out: TensorList, points: TensorList, backups: TensorList, grads: TensorList,
-                    coeffs: Tensor, *, eta: float | None = None) -> None:
+    def write_point(
+        self,
+        out: TensorList,
+        points: TensorList,
+        backups: TensorList,
+        grads: TensorList,
+        coeffs: Tensor,
+        *,
+        eta: float | None = None,
+    ) -> None:
         """``out = backups + (coeffs[0] * (points - backups) + coeffs[1] * grads)``;
         ``coeffs`` is a 2-element float tensor on the device (read in the accumulation dtype).
 
@@ -300,8 +343,16 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def write_grad_restore(self, params: TensorList, points: TensorList, backups: TensorList, grads: TensorList,
-                           coeffs: Tensor, *, eta: float | None = None) -> None:
+    def write_grad_restore(
+        self,
+        params: TensorList,
+        points: TensorList,
+        backups: TensorList,
+        grads: TensorList,
+        coeffs: Tensor,
+        *,
+        eta: float | None = None,
+    ) -> None:
         """``grads <- coeffs[0] * (points - backups) + coeffs[1] * grads``; ``params <- backups``.
 
         Used when the base optimizer has no fused update: it then steps from theta_0
@@ -310,10 +361,23 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def sgd_update(self, params: TensorList, points: TensorList, backups: TensorList, grads: TensorList,
-                   bufs: TensorList | None, sc: Tensor, hyper: Tensor, *, weight_decay: bool,
-                   momentum: bool, nesterov: bool, maximize: bool, init_bufs: bool,
-                   eta: float | None = None) -> None:
+    def sgd_update(
+        self,
+        params: TensorList,
+        points: TensorList,
+        backups: TensorList,
+        grads: TensorList,
+        bufs: TensorList | None,
+        sc: Tensor,
+        hyper: Tensor,
+        *,
+        weight_decay: bool,
+        momentum: bool,
+        nesterov: bool,
+        maximize: bool,
+        init_bufs: bool,
+        eta: float | None = None,
+    ) -> None:
         """Interpolate and step ``torch.optim.SGD`` from theta_0, in one pass.
 
         ``G = c_d (points - backups) + c_g grads`` (``c_d, c_g = sc[COEFFS]``; with ``eta``:
@@ -329,10 +393,23 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def adam_update(self, params: TensorList, points: TensorList, backups: TensorList, grads: TensorList,
-                    exp_avgs: TensorList, exp_avg_sqs: TensorList, steps: Tensor, sc: Tensor,
-                    hyper: Tensor, *, weight_decay: bool, decoupled: bool, maximize: bool,
-                    eta: float | None = None) -> None:
+    def adam_update(
+        self,
+        params: TensorList,
+        points: TensorList,
+        backups: TensorList,
+        grads: TensorList,
+        exp_avgs: TensorList,
+        exp_avg_sqs: TensorList,
+        steps: Tensor,
+        sc: Tensor,
+        hyper: Tensor,
+        *,
+        weight_decay: bool,
+        decoupled: bool,
+        maximize: bool,
+        eta: float | None = None,
+    ) -> None:
         """Interpolate and step ``torch.optim.Adam``/``AdamW`` (amsgrad off) from theta_0.
 
         ``steps`` (a 1-d float tensor on the device, one entry per tensor) holds each

@@ -10,6 +10,7 @@ not depend on the number of threads. The device scalars ``sc`` and ``hyper`` are
 memory here, read and written by the host in float64. This module passes the packed
 lists and a few scalars through; no phase call does Python work per tensor. Source: ``csrc/cpu/``.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -47,8 +48,10 @@ class CpuBackend(Backend):
     @classmethod
     def is_available(cls) -> tuple[bool, str]:
         if _C is None:
-            return False, (f"the C++ extension xsam_fast._C is not importable ({_IMPORT_ERROR}); "
-                           "reinstall with `pip install --no-build-isolation .` and a C++ compiler")
+            return False, (
+                f"the C++ extension xsam_fast._C is not importable ({_IMPORT_ERROR}); "
+                "reinstall with `pip install --no-build-isolation .` and a C++ compiler"
+            )
         return True, ""
 
     @staticmethod
@@ -71,8 +74,9 @@ class CpuBackend(Backend):
         return torch.device(device).type == "cpu" and dtype in _DTYPES
 
     # ------------------------------------------------------------------ lists
-    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None, *,
-             grads: bool = False) -> CpuTensorList:
+    def pack(
+        self, tensors: Sequence[Tensor], like: TensorList | None = None, *, grads: bool = False
+    ) -> CpuTensorList:
         """Raises :class:`~xsam_fast.backends.base.LayoutError` for tensors this backend
         cannot step together (see the module docstring). The checks are made in C++ at a
         few nanoseconds per tensor, so ``grads`` changes nothing."""
@@ -106,17 +110,72 @@ class CpuBackend(Backend):
         _C.write_point(out.packed, points.packed, backups.packed, grads.packed, coeffs, eta)
 
     def write_grad_restore(self, params, points, backups, grads, coeffs, *, eta=None):
-        _C.write_grad_restore(params.packed, points.packed, backups.packed, grads.packed, coeffs,
-                              eta)
+        _C.write_grad_restore(
+            params.packed, points.packed, backups.packed, grads.packed, coeffs, eta
+        )
 
-    def sgd_update(self, params, points, backups, grads, bufs, sc, hyper, *, weight_decay,
-                   momentum, nesterov, maximize, init_bufs, eta=None):
-        _C.sgd_update(params.packed, points.packed, backups.packed, grads.packed,
-                      None if bufs is None else bufs.packed, sc, hyper, weight_decay, momentum,
-                      nesterov, maximize, init_bufs, eta)
+    def sgd_update(
+        self,
+        params,
+        points,
+        backups,
+        grads,
+        bufs,
+        sc,
+        hyper,
+        *,
+        weight_decay,
+        momentum,
+        nesterov,
+        maximize,
+        init_bufs,
+        eta=None,
+    ):
+        _C.sgd_update(
+            params.packed,
+            points.packed,
+            backups.packed,
+            grads.packed,
+            None if bufs is None else bufs.packed,
+            sc,
+            hyper,
+            weight_decay,
+            momentum,
+            nesterov,
+            maximize,
+            init_bufs,
+            eta,
+        )
 
-    def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, steps, sc,
-                    hyper, *, weight_decay, decoupled, maximize, eta=None):
-        _C.adam_update(params.packed, points.packed, backups.packed, grads.packed,
-                       exp_avgs.packed, exp_avg_sqs.packed, steps, sc, hyper, weight_decay,
-                       decoupled, maximize, eta)
+    def adam_update(
+        self,
+        params,
+        points,
+        backups,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        steps,
+        sc,
+        hyper,
+        *,
+        weight_decay,
+        decoupled,
+        maximize,
+        eta=None,
+    ):
+        _C.adam_update(
+            params.packed,
+            points.packed,
+            backups.packed,
+            grads.packed,
+            exp_avgs.packed,
+            exp_avg_sqs.packed,
+            steps,
+            sc,
+            hyper,
+            weight_decay,
+            decoupled,
+            maximize,
+            eta,
+        )

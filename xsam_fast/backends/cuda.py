@@ -15,6 +15,7 @@ The extension is built by ``setup.py`` where a CUDA build of torch and a CUDA
 toolkit (``CUDA_HOME``, or ``nvcc`` on ``PATH``) are present, GPU or not.
 Nothing here queries the GPU at import time.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -49,8 +50,10 @@ class CudaTensorList(TensorList):
 def _packed(lst: TensorList):
     """The C++ side of a list packed by this backend (LayoutError for any other list)."""
     if not isinstance(lst, CudaTensorList):
-        raise LayoutError(f"a {type(lst).__name__} was not packed by the cuda backend "
-                          "(pack it with CudaBackend.pack)")
+        raise LayoutError(
+            f"a {type(lst).__name__} was not packed by the cuda backend "
+            "(pack it with CudaBackend.pack)"
+        )
     return lst.packed
 
 
@@ -65,7 +68,8 @@ class CudaBackend(Backend):
             return False, (
                 "the CUDA extension xsam_fast._C_cuda is not importable "
                 f"({_IMPORT_ERROR}); it is built by `pip install --no-build-isolation .` "
-                "with a CUDA build of torch and a CUDA toolkit (CUDA_HOME, or nvcc on PATH)")
+                "with a CUDA build of torch and a CUDA toolkit (CUDA_HOME, or nvcc on PATH)"
+            )
         if not torch.cuda.is_available():
             return False, "no CUDA device is visible (torch.cuda.is_available() is False)"
         return True, ""
@@ -74,21 +78,23 @@ class CudaBackend(Backend):
         return torch.device(device).type == "cuda" and dtype in SUPPORTED_DTYPES
 
     # ------------------------------------------------------------------ lists
-    def pack(self, tensors: Sequence[Tensor], like: TensorList | None = None, *,
-             grads: bool = False) -> CudaTensorList:
+    def pack(
+        self, tensors: Sequence[Tensor], like: TensorList | None = None, *, grads: bool = False
+    ) -> CudaTensorList:
         """Checked in C++ (a few nanoseconds per tensor), so ``grads`` changes nothing."""
         tensors = tuple(tensors)
-        return CudaTensorList(tensors, _C_cuda.PackedList(
-            list(tensors), None if like is None else _packed(like)))
+        return CudaTensorList(
+            tensors, _C_cuda.PackedList(list(tensors), None if like is None else _packed(like))
+        )
 
     # ------------------------------------------------------------------ reductions
     def sumsq(self, grads, out, *, accumulate, weights=None, eta=None):
-        _C_cuda.sumsq(_packed(grads), out, accumulate,
-                      None if weights is None else _packed(weights), eta)
+        _C_cuda.sumsq(
+            _packed(grads), out, accumulate, None if weights is None else _packed(weights), eta
+        )
 
     def final_sums(self, points, backups, grads, out, *, accumulate, eta=None):
-        _C_cuda.final_sums(_packed(points), _packed(backups), _packed(grads), out, accumulate,
-                           eta)
+        _C_cuda.final_sums(_packed(points), _packed(backups), _packed(grads), out, accumulate, eta)
 
     # ------------------------------------------------------------------ scalars
     def ascent_scalars(self, sc, *, first, check):
@@ -102,28 +108,85 @@ class CudaBackend(Backend):
 
     # ------------------------------------------------------------------ elementwise
     def backup_ascent(self, params, grads, backups, sc, hyper, *, backup, eta=None):
-        _C_cuda.backup_ascent(_packed(params), _packed(grads), _packed(backups), sc, hyper,
-                              backup, eta)
+        _C_cuda.backup_ascent(
+            _packed(params), _packed(grads), _packed(backups), sc, hyper, backup, eta
+        )
 
     def write_point(self, out, points, backups, grads, coeffs, *, eta=None):
-        _C_cuda.write_point(_packed(out), _packed(points), _packed(backups), _packed(grads),
-                            coeffs, eta)
+        _C_cuda.write_point(
+            _packed(out), _packed(points), _packed(backups), _packed(grads), coeffs, eta
+        )
 
     def write_grad_restore(self, params, points, backups, grads, coeffs, *, eta=None):
-        _C_cuda.write_grad_restore(_packed(params), _packed(points), _packed(backups),
-                                   _packed(grads), coeffs, eta)
+        _C_cuda.write_grad_restore(
+            _packed(params), _packed(points), _packed(backups), _packed(grads), coeffs, eta
+        )
 
-    def sgd_update(self, params, points, backups, grads, bufs, sc, hyper, *, weight_decay,
-                   momentum, nesterov, maximize, init_bufs, eta=None):
-        _C_cuda.sgd_update(_packed(params), _packed(points), _packed(backups), _packed(grads),
-                           None if bufs is None else _packed(bufs), sc, hyper, weight_decay,
-                           momentum, nesterov, maximize, init_bufs, eta)
+    def sgd_update(
+        self,
+        params,
+        points,
+        backups,
+        grads,
+        bufs,
+        sc,
+        hyper,
+        *,
+        weight_decay,
+        momentum,
+        nesterov,
+        maximize,
+        init_bufs,
+        eta=None,
+    ):
+        _C_cuda.sgd_update(
+            _packed(params),
+            _packed(points),
+            _packed(backups),
+            _packed(grads),
+            None if bufs is None else _packed(bufs),
+            sc,
+            hyper,
+            weight_decay,
+            momentum,
+            nesterov,
+            maximize,
+            init_bufs,
+            eta,
+        )
 
-    def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, steps, sc,
-                    hyper, *, weight_decay, decoupled, maximize, eta=None):
-        _C_cuda.adam_update(_packed(params), _packed(points), _packed(backups), _packed(grads),
-                            _packed(exp_avgs), _packed(exp_avg_sqs), steps, sc, hyper,
-                            weight_decay, decoupled, maximize, eta)
+    def adam_update(
+        self,
+        params,
+        points,
+        backups,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        steps,
+        sc,
+        hyper,
+        *,
+        weight_decay,
+        decoupled,
+        maximize,
+        eta=None,
+    ):
+        _C_cuda.adam_update(
+            _packed(params),
+            _packed(points),
+            _packed(backups),
+            _packed(grads),
+            _packed(exp_avgs),
+            _packed(exp_avg_sqs),
+            steps,
+            sc,
+            hyper,
+            weight_decay,
+            decoupled,
+            maximize,
+            eta,
+        )
 
     # ------------------------------------------------------------------ for tests
     @staticmethod

@@ -7,6 +7,7 @@ the fused kernels do too. Scalars are read from the device vectors ``sc`` and
 elementwise operation uses them), so nothing here synchronises with the host.
 Runs on any device, with any strides.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,20 @@ from torch import Tensor
 
 from .. import coefficients
 from ..coefficients import accumulation_dtype
-from .base import (COEFFS, FOUND_INF, H_ADAM_EPS, H_BETA1, H_BETA2, H_DAMPENING, H_LR,
-                   H_MOMENTUM, H_WEIGHT_DECAY, Backend, TensorList, check_layout)
+from .base import (
+    COEFFS,
+    FOUND_INF,
+    H_ADAM_EPS,
+    H_BETA1,
+    H_BETA2,
+    H_DAMPENING,
+    H_LR,
+    H_MOMENTUM,
+    H_WEIGHT_DECAY,
+    Backend,
+    TensorList,
+    check_layout,
+)
 
 
 def _wide(t: Tensor) -> Tensor:
@@ -27,8 +40,9 @@ def _t(theta0: Tensor, eta: float) -> Tensor:
     return _wide(theta0).abs() + eta
 
 
-def search_point(point: Tensor, backup: Tensor, grad: Tensor, c_d: Tensor, c_g: Tensor,
-                 eta: float | None) -> Tensor:
+def search_point(
+    point: Tensor, backup: Tensor, grad: Tensor, c_d: Tensor, c_g: Tensor, eta: float | None
+) -> Tensor:
     """``theta_0 + (c_d d + c_g g)`` (ASAM: ``c_g T^2 g``) in the accumulation dtype;
     ``c_d``, ``c_g`` broadcast against the tensors (0-d, or (K, 1, ...) for K points)."""
     d = _wide(point) - _wide(backup)
@@ -39,8 +53,9 @@ def search_point(point: Tensor, backup: Tensor, grad: Tensor, c_d: Tensor, c_g: 
     return _wide(backup) + (c_d * d + c_g * g)
 
 
-def _store(out: Tensor, value: Tensor, found: Tensor | None = None,
-           old: Tensor | None = None) -> None:
+def _store(
+    out: Tensor, value: Tensor, found: Tensor | None = None, old: Tensor | None = None
+) -> None:
     """``out <- value``, or ``out <- old`` (``out`` itself when None) where ``found`` is set."""
     if found is not None:
         value = torch.where(found, _wide(out) if old is None else old, value)
@@ -115,15 +130,17 @@ class ReferenceBackend(Backend):
             p.copy_(_wide(p) + scale * step)
 
     @staticmethod
-    def _direction(point: Tensor, backup: Tensor, grad: Tensor, coeffs: Tensor,
-                   eta: float | None) -> Tensor:
+    def _direction(
+        point: Tensor, backup: Tensor, grad: Tensor, coeffs: Tensor, eta: float | None
+    ) -> Tensor:
         """The update direction G (``c_d d + c_g g``, or ``c_d q + c_g g``, ``q = d / T^2``)."""
         d = _wide(point) - _wide(backup)
         if eta is not None:
             t = _t(backup, eta)
             tt = t * t
-            d = torch.where(tt != 0, d / torch.where(tt != 0, tt, torch.ones_like(tt)),
-                            torch.zeros_like(d))
+            d = torch.where(
+                tt != 0, d / torch.where(tt != 0, tt, torch.ones_like(tt)), torch.zeros_like(d)
+            )
         return coeffs[0] * d + coeffs[1] * _wide(grad)
 
     def write_point(self, out, points, backups, grads, coeffs, *, eta=None):
@@ -141,8 +158,23 @@ class ReferenceBackend(Backend):
             g.copy_(self._direction(x, b, g, co, eta))
             p.copy_(b)
 
-    def sgd_update(self, params, points, backups, grads, bufs, sc, hyper, *, weight_decay,
-                   momentum, nesterov, maximize, init_bufs, eta=None):
+    def sgd_update(
+        self,
+        params,
+        points,
+        backups,
+        grads,
+        bufs,
+        sc,
+        hyper,
+        *,
+        weight_decay,
+        momentum,
+        nesterov,
+        maximize,
+        init_bufs,
+        eta=None,
+    ):
         if not len(params):
             return
         acc = accumulation_dtype(params[0].dtype)
@@ -163,8 +195,23 @@ class ReferenceBackend(Backend):
                 step = step + mom * buf if nesterov else buf
             _store(p, theta0 - lr * step, found, theta0)
 
-    def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, steps, sc,
-                    hyper, *, weight_decay, decoupled, maximize, eta=None):
+    def adam_update(
+        self,
+        params,
+        points,
+        backups,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        steps,
+        sc,
+        hyper,
+        *,
+        weight_decay,
+        decoupled,
+        maximize,
+        eta=None,
+    ):
         if not len(params):
             return
         acc = accumulation_dtype(params[0].dtype)
@@ -178,8 +225,9 @@ class ReferenceBackend(Backend):
         step = steps.to(device=hyper.device, dtype=torch.float64)
         step_size = (lr / (1.0 - torch.pow(beta1, step))).to(acc)
         bc2_sqrt = torch.pow(1.0 - torch.pow(beta2, step), 0.5).to(acc)
-        for i, (p, x, b, g, m, v) in enumerate(zip(params, points, backups, grads, exp_avgs,
-                                                   exp_avg_sqs)):
+        for i, (p, x, b, g, m, v) in enumerate(
+            zip(params, points, backups, grads, exp_avgs, exp_avg_sqs)
+        ):
             theta0 = _wide(b)
             theta = theta0
             direction = self._direction(x, b, g, co, eta)

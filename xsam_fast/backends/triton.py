@@ -15,6 +15,7 @@ under Triton's interpreter (``TRITON_INTERPRET=1`` set before
 ``xsam_fast.triton_kernels`` is imported), which is how it is tested on machines
 without a GPU. Nothing here queries the GPU at import time.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,16 +56,23 @@ def _on(where: TritonList | Tensor):
     return contextlib.nullcontext()
 
 
-def _check_vector(t: Tensor, what: str, device: torch.device | None, n: int,
-                  float64: bool = True) -> None:
+def _check_vector(
+    t: Tensor, what: str, device: torch.device | None, n: int, float64: bool = True
+) -> None:
     """``t`` must be a contiguous float (float64 if ``float64``) vector of at least ``n``
     entries on ``device`` (the kernels read it by address)."""
-    if (t.dtype != torch.float64 if float64 else not t.dtype.is_floating_point) \
-            or t.dim() != 1 or t.numel() < n or t.stride(0) != 1 \
-            or (device is not None and t.device != device):
-        raise ValueError(f"{what} must be a contiguous {'float64' if float64 else 'float'} "
-                         f"vector of {n} entries on {device}, got a {t.dtype} tensor of shape "
-                         f"{tuple(t.shape)}, strides {t.stride()} on {t.device}")
+    if (
+        (t.dtype != torch.float64 if float64 else not t.dtype.is_floating_point)
+        or t.dim() != 1
+        or t.numel() < n
+        or t.stride(0) != 1
+        or (device is not None and t.device != device)
+    ):
+        raise ValueError(
+            f"{what} must be a contiguous {'float64' if float64 else 'float'} "
+            f"vector of {n} entries on {device}, got a {t.dtype} tensor of shape "
+            f"{tuple(t.shape)}, strides {t.stride()} on {t.device}"
+        )
 
 
 class TritonBackend(Backend):
@@ -89,8 +97,10 @@ class TritonBackend(Backend):
         if _interpreting():
             return True, ""
         if not torch.cuda.is_available():
-            return False, ("no CUDA device is visible and TRITON_INTERPRET is not 1 (set it "
-                           "before importing xsam_fast to run the kernels on the CPU, slowly)")
+            return False, (
+                "no CUDA device is visible and TRITON_INTERPRET is not 1 (set it "
+                "before importing xsam_fast to run the kernels on the CPU, slowly)"
+            )
         return True, ""
 
     def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
@@ -145,24 +155,80 @@ class TritonBackend(Backend):
             _check_vector(coeffs, "coeffs", params.device, 2, float64=False)
             perturb.interpolate(self.packer, params, points, backups, grads, coeffs, True, eta)
 
-    def sgd_update(self, params, points, backups, grads, bufs, sc, hyper, *, weight_decay,
-                   momentum, nesterov, maximize, init_bufs, eta=None):
+    def sgd_update(
+        self,
+        params,
+        points,
+        backups,
+        grads,
+        bufs,
+        sc,
+        hyper,
+        *,
+        weight_decay,
+        momentum,
+        nesterov,
+        maximize,
+        init_bufs,
+        eta=None,
+    ):
         if momentum and bufs is None:
             raise ValueError("sgd_update with momentum needs the momentum buffers")
         with _on(params):
             self._check_scalars(params, sc, hyper)
-            update.sgd_update(self.packer, params, points, backups, grads, bufs, sc, hyper,
-                              weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                              maximize=maximize, init_bufs=init_bufs, eta=eta)
+            update.sgd_update(
+                self.packer,
+                params,
+                points,
+                backups,
+                grads,
+                bufs,
+                sc,
+                hyper,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                nesterov=nesterov,
+                maximize=maximize,
+                init_bufs=init_bufs,
+                eta=eta,
+            )
 
-    def adam_update(self, params, points, backups, grads, exp_avgs, exp_avg_sqs, steps, sc,
-                    hyper, *, weight_decay, decoupled, maximize, eta=None):
+    def adam_update(
+        self,
+        params,
+        points,
+        backups,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        steps,
+        sc,
+        hyper,
+        *,
+        weight_decay,
+        decoupled,
+        maximize,
+        eta=None,
+    ):
         with _on(params):
             self._check_scalars(params, sc, hyper)
             _check_vector(steps, "steps", params.device, len(params), float64=False)
-            update.adam_update(self.packer, params, points, backups, grads, exp_avgs,
-                               exp_avg_sqs, steps, sc, hyper, weight_decay=weight_decay,
-                               decoupled=decoupled, maximize=maximize, eta=eta)
+            update.adam_update(
+                self.packer,
+                params,
+                points,
+                backups,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                steps,
+                sc,
+                hyper,
+                weight_decay=weight_decay,
+                decoupled=decoupled,
+                maximize=maximize,
+                eta=eta,
+            )
 
     @staticmethod
     def _check_scalars(params: TritonList, sc: Tensor, hyper: Tensor) -> None:

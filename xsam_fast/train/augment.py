@@ -10,6 +10,7 @@ draws (a few numbers per image) come from a generator on the batch's device
 copied between host and device per batch; a seed fixes the augmentation on a
 given device type.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ class ImageTransform:
     cutout_p: float = 0.5
     channels_last: bool = False
     _constants_by_device: dict[torch.device, tuple[Tensor, Tensor]] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = images
@@ -58,15 +60,16 @@ class ImageTransform:
         """mean and std as (1, C, 1, 1) tensors on ``device``, made once per device."""
         cache = self._constants_by_device
         if device not in cache:
-            mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1)
-                         for v in (self.mean, self.std))
+            mean, std = (
+                torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.mean, self.std)
+            )
             cache[device] = (mean, std)
         return cache[device]
 
 
 def device_generator(device: torch.device, generator: torch.Generator | None) -> torch.Generator:
     """A generator on ``device`` seeded by one draw from ``generator`` (a CPU generator)."""
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return torch.Generator(device=device).manual_seed(seed)
 
 

@@ -1,4 +1,5 @@
 """Errors of the training job that the command reports as a message, not a traceback."""
+
 from __future__ import annotations
 
 

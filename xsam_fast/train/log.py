@@ -7,6 +7,7 @@ be redrawn from the log alone). Each line is flushed when written: an
 interrupted job leaves a readable log. :func:`write_csv` exports the scalar
 fields as a flat table for spreadsheets.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,22 @@ from typing import Any, Iterable
 from ..jsonl import JsonLinesWriter, read_jsonl
 
 #: scalar fields of an epoch record, in CSV column order
-CSV_FIELDS = ("epoch", "method", "seed", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-              "alpha", "psi", "epoch_time_s", "images_per_s", "skipped_steps", "steps")
+CSV_FIELDS = (
+    "epoch",
+    "method",
+    "seed",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "alpha",
+    "psi",
+    "epoch_time_s",
+    "images_per_s",
+    "skipped_steps",
+    "steps",
+)
 
 
 class LogWriter:

@@ -22,6 +22,7 @@ SAM and XSAM use the closure API (``opt.step(closure, search_loss=...)``) with
 running statistics. Mixed precision: forward passes under autocast (``amp``
 bf16 or fp16); fp16 scales every backward pass with a GradScaler.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,29 +50,30 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     wd: float = 1e-3
-    rho: float = 0.15       # total ascent length (each of the ``steps`` ascents: rho/steps)
+    rho: float = 0.15  # total ascent length (each of the ``steps`` ascents: rho/steps)
     rho_max: float = 0.30
     steps: int = 1
-    alpha: float = 1.0      # XSAM's alpha when not dynamic
+    alpha: float = 1.0  # XSAM's alpha when not dynamic
     is_dynamic: bool = True
     alpha_max: float = 2.0
     alpha_delta: float = 0.1
     eps: float = 1e-12
-    search: str = "grid"    # XSAM's search strategy
+    search: str = "grid"  # XSAM's search strategy
     backend: str = "auto"
     model: str = "smallcnn"
     width: int | None = None  # None: the model's default
-    interval: int = 1       # SAM/XSAM: full step every interval-th batch, plain SGD between
+    interval: int = 1  # SAM/XSAM: full step every interval-th batch, plain SGD between
     device: str = "cpu"
-    amp: str = "none"       # "none", "bf16", "fp16"
+    amp: str = "none"  # "none", "bf16", "fp16"
     channels_last: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def build_optimizer(method: str, model: nn.Module, cfg: TrainConfig
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+def build_optimizer(
+    method: str, model: nn.Module, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """``(optimizer, base optimizer)`` for ``method``; they are the same object for SGD."""
     base_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     if method == "sgd":
@@ -80,10 +82,22 @@ def build_optimizer(method: str, model: nn.Module, cfg: TrainConfig
     if method not in ("sam", "xsam"):
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     alpha = 1.0 if method == "sam" else cfg.alpha
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, steps=cfg.steps,
-               rho_max=cfg.rho_max, alpha=alpha, alpha_max=cfg.alpha_max,
-               alpha_delta=cfg.alpha_delta, eps=cfg.eps, backend=cfg.backend, model=model,
-               interval=cfg.interval, search=cfg.search, **base_kwargs)
+    opt = XSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=cfg.rho,
+        steps=cfg.steps,
+        rho_max=cfg.rho_max,
+        alpha=alpha,
+        alpha_max=cfg.alpha_max,
+        alpha_delta=cfg.alpha_delta,
+        eps=cfg.eps,
+        backend=cfg.backend,
+        model=model,
+        interval=cfg.interval,
+        search=cfg.search,
+        **base_kwargs,
+    )
     return opt, opt.base_optimizer
 
 
@@ -106,10 +120,17 @@ def skipped_steps(opt: torch.optim.Optimizer) -> int:
     return int(opt.stats().get("skipped_steps", 0)) if isinstance(opt, XSAM) else 0
 
 
-def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, batches: Batches,
-                generator: torch.Generator, cfg: TrainConfig, *, search_first_batch: bool,
-                scaler: Any = None, on_batch: Callable[[int], None] | None = None
-                ) -> tuple[float, float]:
+def train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    batches: Batches,
+    generator: torch.Generator,
+    cfg: TrainConfig,
+    *,
+    search_first_batch: bool,
+    scaler: Any = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[float, float]:
     """One pass over ``batches``; returns (mean train loss, train accuracy) at the
     batches' starting points (the first forward pass of each step).
     ``on_batch(n)`` is called after each step with the batch's size."""
@@ -120,6 +141,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, batches: Batches,
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for i, (x, y) in enumerate(batches.epoch(generator)):
+
         def forward() -> tuple[Tensor, Tensor]:
             with autocast(device, cfg.amp):
                 out = model(x)
@@ -176,8 +198,14 @@ def evaluate(model: nn.Module, batches: Batches, cfg: TrainConfig) -> tuple[floa
     return loss_sum / seen, correct / seen
 
 
-def train_run(method: str, seed: int, data: Dataset, cfg: TrainConfig, *,
-              on_batch: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
+def train_run(
+    method: str,
+    seed: int,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[dict[str, Any]]:
     """Train a fresh model with ``method`` from ``seed``; yield one record per epoch.
 
     A record holds ``epoch, method, seed, lr, train_loss, train_acc, test_loss,
@@ -202,9 +230,16 @@ def train_run(method: str, seed: int, data: Dataset, cfg: TrainConfig, *,
         n_searches = len(opt.search_history) if isinstance(opt, XSAM) else 0
         _sync(cfg)
         start, cpu_start = time.perf_counter(), time.process_time()
-        train_loss, train_acc = train_epoch(model, opt, data.train, generator, cfg,
-                                            search_first_batch=search, scaler=scaler,
-                                            on_batch=on_batch)
+        train_loss, train_acc = train_epoch(
+            model,
+            opt,
+            data.train,
+            generator,
+            cfg,
+            search_first_batch=search,
+            scaler=scaler,
+            on_batch=on_batch,
+        )
         _sync(cfg)
         epoch_time, epoch_cpu = time.perf_counter() - start, time.process_time() - cpu_start
         test_loss, test_acc = evaluate(model, data.test, cfg)
@@ -215,11 +250,24 @@ def train_run(method: str, seed: int, data: Dataset, cfg: TrainConfig, *,
             psi = opt.stats().get("psi")
             if len(opt.search_history) > n_searches:
                 curve = [[float(a), float(v)] for a, v in opt.search_curve]
-        yield dict(epoch=epoch, method=method, seed=seed, lr=lr, train_loss=train_loss,
-                   train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
-                   alpha=alpha, psi=_finite_or_none(psi), epoch_time_s=epoch_time,
-                   images_per_s=data.n_train / epoch_time, skipped_steps=skipped_steps(opt),
-                   steps=epoch * len(data.train), search_curve=curve, epoch_cpu_s=epoch_cpu)
+        yield dict(
+            epoch=epoch,
+            method=method,
+            seed=seed,
+            lr=lr,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            test_loss=test_loss,
+            test_acc=test_acc,
+            alpha=alpha,
+            psi=_finite_or_none(psi),
+            epoch_time_s=epoch_time,
+            images_per_s=data.n_train / epoch_time,
+            skipped_steps=skipped_steps(opt),
+            steps=epoch * len(data.train),
+            search_curve=curve,
+            epoch_cpu_s=epoch_cpu,
+        )
 
 
 def warm_up(data: Dataset, cfg: TrainConfig, methods: list[str], batches: int = 2) -> None:
@@ -232,6 +280,7 @@ def warm_up(data: Dataset, cfg: TrainConfig, methods: list[str], batches: int = 
         model = make_model(data, cfg)
         opt, _ = build_optimizer(method, model, cfg)
         for i in range(batches):
+
             def loss_fn() -> Tensor:
                 with autocast(device, cfg.amp):
                     return criterion(model(x).float(), y)
@@ -241,9 +290,11 @@ def warm_up(data: Dataset, cfg: TrainConfig, methods: list[str], batches: int = 
                 loss = loss_fn()
                 loss.backward()
                 return loss
+
             if isinstance(opt, XSAM):
-                opt.step(closure, search_loss=loss_fn,
-                         update_alpha=searches(method, cfg) and i == 0)
+                opt.step(
+                    closure, search_loss=loss_fn, update_alpha=searches(method, cfg) and i == 0
+                )
             else:
                 closure()
                 opt.step()

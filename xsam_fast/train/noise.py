@@ -5,14 +5,16 @@ The standard stress test of robustness to noisy labels: exactly
 class drawn uniformly from the ``num_classes - 1`` other classes. The test
 labels are never touched.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
 
-def symmetric_label_noise(labels: Tensor, rate: float, num_classes: int, seed: int
-                          ) -> tuple[Tensor, Tensor]:
+def symmetric_label_noise(
+    labels: Tensor, rate: float, num_classes: int, seed: int
+) -> tuple[Tensor, Tensor]:
     """``(noisy labels, mask of the changed ones)`` for int64 ``labels`` of shape (N,).
 
     ``rate`` in [0, 1): the fraction of labels made wrong; ``seed`` fixes which
@@ -26,7 +28,7 @@ def symmetric_label_noise(labels: Tensor, rate: float, num_classes: int, seed: i
     n = len(labels)
     generator = torch.Generator().manual_seed(seed)
     changed = torch.zeros(n, dtype=torch.bool)
-    changed[torch.randperm(n, generator=generator)[:round(rate * n)]] = True
+    changed[torch.randperm(n, generator=generator)[: round(rate * n)]] = True
     # a shift of 1..C-1 classes: uniform over the other classes
     shift = torch.randint(1, max(num_classes, 2), (n,), generator=generator)
     noisy = torch.where(changed, (labels.cpu() + shift) % num_classes, labels.cpu())

@@ -7,6 +7,7 @@ XSAM's alpha* per epoch (one line per seed); the last search curve of each
 seed (loss at distance ``rho_max`` versus alpha, chosen alpha marked).
 ``xsam-fast plot LOG`` redraws it from a saved log.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,10 @@ def plot_log(log_path: str | os.PathLike, png_path: str | os.PathLike) -> str:
     _alphas(ax_alpha, records, config)
     _curves(ax_curve, records, config)
     title = f"{config.get('dataset', '?')}: " + ", ".join(
-        f"{k}={config[k]}" for k in ("model", "label_noise", "epochs", "bs", "lr", "rho", "rho_max")
-        if k in config)
+        f"{k}={config[k]}"
+        for k in ("model", "label_noise", "epochs", "bs", "lr", "rho", "rho_max")
+        if k in config
+    )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
@@ -48,10 +51,19 @@ def _accuracy(ax: Any, records: list[dict[str, Any]]) -> None:
     for method, per_epoch in by_method.items():
         epochs = sorted(per_epoch)
         means = [sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
-        line, = ax.plot(epochs, means, marker=".", label=method.upper())
-        ax.fill_between(epochs, [min(per_epoch[e]) for e in epochs],
-                        [max(per_epoch[e]) for e in epochs], color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy (mean, min..max over seeds)")
+        (line,) = ax.plot(epochs, means, marker=".", label=method.upper())
+        ax.fill_between(
+            epochs,
+            [min(per_epoch[e]) for e in epochs],
+            [max(per_epoch[e]) for e in epochs],
+            color=line.get_color(),
+            alpha=0.15,
+        )
+    ax.set(
+        xlabel="epoch",
+        ylabel="test accuracy (%)",
+        title="test accuracy (mean, min..max over seeds)",
+    )
     lows = [100 * r["test_acc"] for r in records if r["epoch"] > 1]
     if lows:
         ax.set_ylim(max(0.0, min(lows) - 1.0), 100.2)
@@ -61,19 +73,30 @@ def _accuracy(ax: Any, records: list[dict[str, Any]]) -> None:
 
 def _differences(ax: Any, records: list[dict[str, Any]]) -> None:
     diffs = paired_differences(records)
-    ax.set(ylabel="difference of final test accuracy (pp)",
-           title="paired differences over seeds (mean, 95% t interval)")
+    ax.set(
+        ylabel="difference of final test accuracy (pp)",
+        title="paired differences over seeds (mean, 95% t interval)",
+    )
     if not diffs:
         _empty(ax, "needs two of the methods " + ", ".join(f"{a}/{b}" for a, b in COMPARISONS))
         return
     for i, d in enumerate(diffs):
         acc_a, acc_b = last_epochs(records, d.a), last_epochs(records, d.b)
-        per_seed = [100 * (acc_a[s]["test_acc"] - acc_b[s]["test_acc"])
-                    for s in sorted(set(acc_a) & set(acc_b))]
+        per_seed = [
+            100 * (acc_a[s]["test_acc"] - acc_b[s]["test_acc"])
+            for s in sorted(set(acc_a) & set(acc_b))
+        ]
         ax.plot([i] * len(per_seed), per_seed, "o", color="grey", alpha=0.5, ms=4)
         if d.ci_low is not None:
-            ax.errorbar([i + 0.15], [d.mean], yerr=[[d.mean - d.ci_low], [d.ci_high - d.mean]],
-                        fmt="D", color="C3", capsize=6, label="mean, 95% interval" if i == 0 else None)
+            ax.errorbar(
+                [i + 0.15],
+                [d.mean],
+                yerr=[[d.mean - d.ci_low], [d.ci_high - d.mean]],
+                fmt="D",
+                color="C3",
+                capsize=6,
+                label="mean, 95% interval" if i == 0 else None,
+            )
         else:
             ax.plot([i + 0.15], [d.mean], "D", color="C3")
     ax.axhline(0.0, color="black", lw=0.8)
@@ -95,8 +118,14 @@ def _alphas(ax: Any, records: list[dict[str, Any]], config: dict[str, Any]) -> N
         return
     for seed, points in sorted(per_seed.items()):
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3,
-                drawstyle="steps-post", label=f"seed {seed}")
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            marker="o",
+            ms=3,
+            drawstyle="steps-post",
+            label=f"seed {seed}",
+        )
     ax.axhline(1.0, color="grey", ls="--", lw=1, label="SAM (alpha=1)")
     if "alpha_max" in config:
         ax.set_ylim(-0.05, config["alpha_max"] + 0.05)
@@ -111,15 +140,18 @@ def _curves(ax: Any, records: list[dict[str, Any]], config: dict[str, Any]) -> N
             if r["epoch"] >= last.get(r["seed"], {"epoch": -1})["epoch"]:
                 last[r["seed"]] = r
     rho_max = config.get("rho_max")
-    ax.set(xlabel="alpha", ylabel="loss at the search point",
-           title="XSAM: last search curve" + (f" (rho_max={rho_max})" if rho_max else ""))
+    ax.set(
+        xlabel="alpha",
+        ylabel="loss at the search point",
+        title="XSAM: last search curve" + (f" (rho_max={rho_max})" if rho_max else ""),
+    )
     if not last:
         _empty(ax, "no alpha search in this log")
         return
     for seed, r in sorted(last.items()):
         alphas = [p[0] for p in r["search_curve"]]
         losses = [p[1] for p in r["search_curve"]]
-        line, = ax.plot(alphas, losses, marker=".", label=f"seed {seed} (epoch {r['epoch']})")
+        (line,) = ax.plot(alphas, losses, marker=".", label=f"seed {seed} (epoch {r['epoch']})")
         best = min(range(len(alphas)), key=lambda i: abs(alphas[i] - r["alpha"]))  # the pick
         ax.plot([alphas[best]], [losses[best]], marker="*", ms=12, color=line.get_color())
     ax.axvline(1.0, color="grey", ls="--", lw=1)

@@ -3,6 +3,7 @@
 Everything here is computed from the epoch records of the log, so the printed
 tables, ``summary.json`` and the figure all show the same numbers.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ def _finite(value: Any) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str] | None = None
-              ) -> list[dict[str, Any]]:
+def summarize(
+    records: Sequence[dict[str, Any]], methods: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """One row per method.
 
     ``test_acc_mean``/``_std``: final-epoch test accuracy over seeds (sample std);
@@ -51,19 +53,26 @@ def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str] | None =
             continue
         last = last_epochs(records, method)
         acc_mean, acc_std = mean_std([r["test_acc"] for r in last.values()])
-        alphas = [r["alpha"] for r in mine if r.get("alpha") is not None and _finite(r["train_loss"])]
-        rows.append(dict(
-            method=method, seeds=len(last), epochs=max(r["epoch"] for r in mine),
-            test_acc_mean=acc_mean, test_acc_std=acc_std,
-            epoch_time_s=statistics.fmean(r["epoch_time_s"] for r in mine),
-            epoch_time_median_s=statistics.median(r["epoch_time_s"] for r in mine),
-            images_per_s=statistics.median(r.get("images_per_s", math.nan) for r in mine),
-            alpha_mean=statistics.fmean(alphas) if alphas else None,
-            skipped_steps=sum(r.get("skipped_steps", 0) for r in last.values()),
-            steps=sum(r.get("steps", 0) for r in last.values()),
-            diverged_seeds=sum(not _finite(r["train_loss"]) for r in last.values()),
-            extra_time_vs_sam_pct=None,
-        ))
+        alphas = [
+            r["alpha"] for r in mine if r.get("alpha") is not None and _finite(r["train_loss"])
+        ]
+        rows.append(
+            dict(
+                method=method,
+                seeds=len(last),
+                epochs=max(r["epoch"] for r in mine),
+                test_acc_mean=acc_mean,
+                test_acc_std=acc_std,
+                epoch_time_s=statistics.fmean(r["epoch_time_s"] for r in mine),
+                epoch_time_median_s=statistics.median(r["epoch_time_s"] for r in mine),
+                images_per_s=statistics.median(r.get("images_per_s", math.nan) for r in mine),
+                alpha_mean=statistics.fmean(alphas) if alphas else None,
+                skipped_steps=sum(r.get("skipped_steps", 0) for r in last.values()),
+                steps=sum(r.get("steps", 0) for r in last.values()),
+                diverged_seeds=sum(not _finite(r["train_loss"]) for r in last.values()),
+                extra_time_vs_sam_pct=None,
+            )
+        )
     for row in rows:
         if row["method"] == "xsam":
             ratio = _paired_time_ratio(records, "xsam", "sam")
@@ -100,23 +109,29 @@ def problems(rows: Sequence[dict[str, Any]]) -> list[str]:
     for row in rows:
         name = row["method"].upper()
         if row["diverged_seeds"]:
-            out.append(f"{name}: the training loss was not finite at the end of "
-                       f"{row['diverged_seeds']} of {row['seeds']} seeds (diverged; its accuracy "
-                       f"and alpha are not meaningful)")
+            out.append(
+                f"{name}: the training loss was not finite at the end of "
+                f"{row['diverged_seeds']} of {row['seeds']} seeds (diverged; its accuracy "
+                f"and alpha are not meaningful)"
+            )
         if row["skipped_steps"]:
-            out.append(f"{name}: {row['skipped_steps']} of {row['steps']} steps skipped for a "
-                       f"non-finite gradient")
+            out.append(
+                f"{name}: {row['skipped_steps']} of {row['steps']} steps skipped for a "
+                f"non-finite gradient"
+            )
     return out
 
 
-def _paired_time_ratio(records: Sequence[dict[str, Any]], method: str, reference: str
-                       ) -> float | None:
+def _paired_time_ratio(
+    records: Sequence[dict[str, Any]], method: str, reference: str
+) -> float | None:
     """Median over seeds of (median epoch time of ``method`` / that of ``reference``).
 
     Runs of one seed are adjacent in time, so the ratio within a seed is little
     affected by a slow drift of the machine's load; medians ignore the few epochs
     that a busy shared machine can stretch many times over.
     """
+
     def per_seed(m: str) -> dict[int, float]:
         times: dict[int, list[float]] = {}
         for r in records:
@@ -151,31 +166,44 @@ def format_table(rows: Sequence[dict[str, Any]], *, interval: int = 1) -> str:
     ``interval``: the job's ``interval`` (SAM/XSAM's full step every interval-th
     batch), named in their rows and in the note under the table.
     """
-    header = ("method", "test acc % (mean ± std)", "s/epoch median", "images/s", "mean alpha*",
-              "skipped steps", "time vs SAM")
+    header = (
+        "method",
+        "test acc % (mean ± std)",
+        "s/epoch median",
+        "images/s",
+        "mean alpha*",
+        "skipped steps",
+        "time vs SAM",
+    )
     lines = []
     for row in rows:
         extra = row["extra_time_vs_sam_pct"]
         acc = f"{100 * row['test_acc_mean']:.2f} ± {100 * row['test_acc_std']:.2f}"
-        lines.append((
-            method_label(row["method"], interval),
-            acc + (" (diverged)" if row["diverged_seeds"] else ""),
-            f"{row['epoch_time_median_s']:.3f}",
-            f"{row['images_per_s']:.0f}" if _finite(row["images_per_s"]) else "-",
-            "-" if row["alpha_mean"] is None else f"{row['alpha_mean']:.2f}",
-            f"{row['skipped_steps']}/{row['steps']}" if row["method"] != "sgd" else "-",
-            "-" if extra is None else f"{extra:+.1f}%",
-        ))
+        lines.append(
+            (
+                method_label(row["method"], interval),
+                acc + (" (diverged)" if row["diverged_seeds"] else ""),
+                f"{row['epoch_time_median_s']:.3f}",
+                f"{row['images_per_s']:.0f}" if _finite(row["images_per_s"]) else "-",
+                "-" if row["alpha_mean"] is None else f"{row['alpha_mean']:.2f}",
+                f"{row['skipped_steps']}/{row['steps']}" if row["method"] != "sgd" else "-",
+                "-" if extra is None else f"{extra:+.1f}%",
+            )
+        )
     out = _markdown(header, lines)
     if rows:
         n = rows[0]["seeds"]
-        out.append(f"test accuracy after the last of {rows[0]['epochs']} epochs, over {n} "
-                   f"seed{'s' if n != 1 else ''}; s/epoch and images/s: training pass only "
-                   f"(XSAM's alpha search included); time vs SAM: XSAM's extra time per epoch, "
-                   f"median over seeds of the ratio of per-seed medians")
+        out.append(
+            f"test accuracy after the last of {rows[0]['epochs']} epochs, over {n} "
+            f"seed{'s' if n != 1 else ''}; s/epoch and images/s: training pass only "
+            f"(XSAM's alpha search included); time vs SAM: XSAM's extra time per epoch, "
+            f"median over seeds of the ratio of per-seed medians"
+        )
         if interval > 1:
-            out.append(f"interval {interval}: SAM and XSAM take their full step on every "
-                       f"{_ordinal(interval)} batch and a plain SGD step on the others")
+            out.append(
+                f"interval {interval}: SAM and XSAM take their full step on every "
+                f"{_ordinal(interval)} batch and a plain SGD step on the others"
+            )
     return "\n".join(out)
 
 
@@ -188,11 +216,20 @@ def format_differences(diffs: Sequence[PairedDifference]) -> str:
     for d in diffs:
         interval = "-" if d.ci_low is None else f"[{d.ci_low:+.2f}, {d.ci_high:+.2f}]"
         t = "-" if d.t is None else f"{d.t:+.1f}"
-        lines.append((f"{d.a.upper()} - {d.b.upper()}", f"{d.mean:+.2f}", interval, t,
-                      f"{d.wins} / {d.losses}"))
+        lines.append(
+            (
+                f"{d.a.upper()} - {d.b.upper()}",
+                f"{d.mean:+.2f}",
+                interval,
+                t,
+                f"{d.wins} / {d.losses}",
+            )
+        )
     out = _markdown(header, lines)
-    out.append(f"final test accuracy, differences paired by seed over {diffs[0].n} seeds; "
-               f"interval: mean ± t(0.975, n-1) x SE; |mean / SE| > 2 separates the two methods")
+    out.append(
+        f"final test accuracy, differences paired by seed over {diffs[0].n} seeds; "
+        f"interval: mean ± t(0.975, n-1) x SE; |mean / SE| > 2 separates the two methods"
+    )
     return "\n".join(out)
 
 
@@ -205,7 +242,7 @@ def format_alphas(alphas: dict[int, list[float]], per_line: int = 10) -> str:
         lo, hi, mean = min(values), max(values), statistics.fmean(values)
         cells.append(f"{epoch}: {mean:.2f}" + (f" ({lo:.1f}..{hi:.1f})" if hi > lo else ""))
     lines = ["XSAM alpha* per epoch (mean over seeds, min..max):"]
-    lines += ["  " + ", ".join(cells[i:i + per_line]) for i in range(0, len(cells), per_line)]
+    lines += ["  " + ", ".join(cells[i : i + per_line]) for i in range(0, len(cells), per_line)]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ the shortcut where the shape changes), global average pooling and a linear
 classifier. ``width=64`` is the standard network (11.2M parameters for 10
 classes); smaller widths are for quick checks.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -24,8 +25,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -42,7 +44,7 @@ class ResNet18(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         stages, cin = [], width
         for i in range(4):
-            cout = width * 2 ** i
+            cout = width * 2**i
             stride = 1 if i == 0 else 2
             stages.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
             cin = cout

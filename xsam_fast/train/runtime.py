@@ -4,6 +4,7 @@ Everything here is decided before training starts, so that a setting that
 cannot work here stops the job at once with the reason (:class:`SetupError`),
 not with a traceback minutes later.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SetupError("--device cuda: no CUDA device is visible to this torch "
-                         f"({torch.__version__}, CUDA build: {torch.version.cuda is not None})")
+        raise SetupError(
+            "--device cuda: no CUDA device is visible to this torch "
+            f"({torch.__version__}, CUDA build: {torch.version.cuda is not None})"
+        )
     return torch.device(name)
 
 

@@ -6,6 +6,7 @@ is ``mean ± t(0.975, n-1) * sd / sqrt(n)``. The t quantile is computed here
 (no SciPy): the two-sided t distribution function has a closed form for
 integer degrees of freedom (Abramowitz & Stegun 26.7.3-4), inverted by bisection.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,9 @@ class PairedDifference:
         return asdict(self)
 
 
-def paired_difference(a: str, b: str, values_a: dict[Any, float], values_b: dict[Any, float],
-                      level: float = 0.95) -> PairedDifference | None:
+def paired_difference(
+    a: str, b: str, values_a: dict[Any, float], values_b: dict[Any, float], level: float = 0.95
+) -> PairedDifference | None:
     """The paired difference ``values_a[s] - values_b[s]`` over their common keys ``s``
     (seeds), with a two-sided ``level`` t interval; None without a common key."""
     seeds = sorted(set(values_a) & set(values_b))
@@ -96,8 +98,19 @@ def paired_difference(a: str, b: str, values_a: dict[Any, float], values_b: dict
         half = t_quantile(0.5 + level / 2, n - 1) * se
         low, high = mean - half, mean + half
         t = mean / se if se > 0 else (math.inf if mean else 0.0)
-    return PairedDifference(a, b, n, mean, sd, se, low, high, t,
-                            wins=sum(d > 0 for d in diffs), losses=sum(d < 0 for d in diffs))
+    return PairedDifference(
+        a,
+        b,
+        n,
+        mean,
+        sd,
+        se,
+        low,
+        high,
+        t,
+        wins=sum(d > 0 for d in diffs),
+        losses=sum(d < 0 for d in diffs),
+    )
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
