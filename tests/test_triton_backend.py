@@ -25,6 +25,7 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 import triton_modules  # noqa: E402
+from benchmarks.triton_launches import KernelLaunches  # noqa: E402
 import xsam_fast.backends as registry  # noqa: E402
 from backend_contract import (
     ADAM_CASES,
@@ -191,23 +192,6 @@ def test_a_packed_list_keeps_its_chunking(tm, tb):
 
 
 # ------------------------------------------------------------------ launches
-def _count_launches(monkeypatch) -> dict:
-    """Wraps ``run`` of every Triton function of the kernel modules; returns the counter."""
-    counter = {"n": 0}
-    for name in triton_modules.KERNEL_MODULES:
-        for attr in vars(triton_modules.kernel_module(name)).values():
-            run = getattr(attr, "run", None)
-            if run is None or not hasattr(attr, "__getitem__") or not hasattr(attr, "fn"):
-                continue
-
-            def counted(*args, _run=run, **kwargs):
-                counter["n"] += 1
-                return _run(*args, **kwargs)
-
-            monkeypatch.setattr(attr, "run", counted)
-    return counter
-
-
 EXPECTED_LAUNCHES = {
     "sumsq": 2,
     "sumsq_accumulate": 2,
@@ -216,20 +200,20 @@ EXPECTED_LAUNCHES = {
 }  # partials, then the fixed-order sum; others 1
 
 
-def test_one_launch_per_phase_whatever_the_number_of_tensors(tb, monkeypatch):
-    counter = _count_launches(monkeypatch)
+def test_one_launch_per_phase_whatever_the_number_of_tensors(tb):
     counts = {}
-    for n in (3, 30):
-        case = make_case(torch.float32, [(17 * i) % 600 + 1 for i in range(n)])
-        for phase in PHASES:
-            before = counter["n"]
-            run_phase(tb, phase, clone_case(case), make_sc())
-            counts[phase, n] = counter["n"] - before
-        for name in ("ascent_scalars", "update_scalars", "plain_scalars"):
-            before = counter["n"]
-            kwargs = dict(first=True) if name == "ascent_scalars" else {}
-            getattr(tb, name)(make_sc(), check=True, **kwargs)
-            counts[name, n] = counter["n"] - before
+    with KernelLaunches() as launches:  # the benchmarks' launch counter
+        for n in (3, 30):
+            case = make_case(torch.float32, [(17 * i) % 600 + 1 for i in range(n)])
+            for phase in PHASES:
+                before = launches.count
+                run_phase(tb, phase, clone_case(case), make_sc())
+                counts[phase, n] = launches.count - before
+            for name in ("ascent_scalars", "update_scalars", "plain_scalars"):
+                before = launches.count
+                kwargs = dict(first=True) if name == "ascent_scalars" else {}
+                getattr(tb, name)(make_sc(), check=True, **kwargs)
+                counts[name, n] = launches.count - before
     for (phase, n), count in counts.items():
         assert count == EXPECTED_LAUNCHES.get(phase, 1), (phase, n, counts)
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .optimizer import XSAM
+from .plotting import save_figure
 from .search import ModelLoss
 from .searchlog import SearchLogger
 
@@ -175,12 +176,7 @@ def plot_directions(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> s
     ax_c.set_ylabel("L(theta_0 + rho_max v(alpha)) - L(SAM point)")
     ax_c.set_title("loss along the great circle, relative to SAM's")
     ax_c.legend(fontsize=7)
-    fig.tight_layout()
-    out = os.fspath(out)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def digits_diagnostic(

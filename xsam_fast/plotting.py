@@ -81,9 +81,17 @@ def plot_search_log(
     ax_c.legend(loc="best", fontsize=7)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, out)
+
+
+def save_figure(fig: Any, out: str | os.PathLike, dpi: int = 120) -> str:
+    """Lay ``fig`` out, write it to ``out`` (its folder made if needed), close it; returns
+    the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = os.fspath(out)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out

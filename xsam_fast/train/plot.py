@@ -14,6 +14,7 @@ import os
 from collections import defaultdict
 from typing import Any
 
+from ..plotting import save_figure
 from .log import read_log
 from .report import COMPARISONS, last_epochs, paired_differences
 
@@ -37,11 +38,7 @@ def plot_log(log_path: str | os.PathLike, png_path: str | os.PathLike) -> str:
         if k in config
     )
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return os.fspath(png_path)
+    return save_figure(fig, png_path, dpi=110)
 
 
 def _accuracy(ax: Any, records: list[dict[str, Any]]) -> None:
