@@ -8,7 +8,8 @@ augmentation), :mod:`.model` and :mod:`.resnet` (the networks), :mod:`.presets`
 check), :mod:`.loop` (one training run of one method and one seed), :mod:`.log`
 (the per-epoch log, written and read back), :mod:`.stats` (paired differences
 and t intervals), :mod:`.report` (the summary tables), :mod:`.plot` (figures
-drawn from the log), :mod:`.runner` (the whole job) and :mod:`.errors`. Nothing
+drawn from the log), :mod:`.runner` (the whole job), :mod:`.command` (the
+``xsam-fast train`` arguments and their run) and :mod:`.errors`. Nothing
 here is imported by ``import xsam_fast``; the optional dependencies
 (scikit-learn, matplotlib, tqdm: ``pip install "xsam-fast[train]"``) are
 imported where used.
