@@ -195,11 +195,11 @@ def test_triton_tensor_over_2_31_elements(tb):
 
 def test_triton_vectorized_loads_in_ptx(tb, tm):
     """The kernel compiled at run time for aligned fp32 tensors has 128-bit loads."""
-    from xsam_fast.triton_kernels import update
+    from xsam_fast.triton_kernels import sgd
 
     step = _Step(tb, make_case(torch.float32, [4096 * 3, 4096], device=DEV))
     step.run()
-    kernels = list(_compiled(update._sgd_kernel))
+    kernels = list(_compiled(sgd._sgd_kernel))
     assert kernels, "found no compiled SGD kernel in Triton's cache"
     ptx = "\n".join(k.asm.get("ptx", "") for k in kernels)
     assert "ld.global.v4.b32" in ptx, "no 128-bit global loads in the SGD kernel"

@@ -74,7 +74,7 @@ KERNELS = {
         ),
     ),
     "_sgd_kernel": (
-        "update",
+        "sgd",
         dict(
             P="*i64",
             X="*i64",
@@ -89,7 +89,7 @@ KERNELS = {
         ),
     ),
     "_adam_kernel": (
-        "update",
+        "adam",
         dict(
             P="*i64",
             X="*i64",

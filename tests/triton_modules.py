@@ -21,7 +21,7 @@ import triton  # noqa: F401  (see the module docstring)
 import xsam_fast.backends as registry
 
 #: the modules of ``xsam_fast.triton_kernels``, in import order
-KERNEL_MODULES = ("config", "common", "packing", "scalars", "reductions", "perturb", "update")
+KERNEL_MODULES = ("config", "common", "packing", "scalars", "reductions", "perturb", "sgd", "adam")
 #: ``TRITON_INTERPRET`` as the session started
 SESSION_SETTING = os.environ.get("TRITON_INTERPRET")
 

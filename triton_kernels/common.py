@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .config import VECTOR_BYTES
+from .scalars import C_D, C_G
 
 VECTOR: tl.constexpr = tl.constexpr(VECTOR_BYTES)
 
@@ -159,3 +160,33 @@ def asam_q(d, tt, ACC: tl.constexpr):
     """``d / (T*T)``, and 0 where ``T*T`` is 0 (never ``0 / 0``)."""
     nonzero = tt != 0
     return tl.where(nonzero, div(d, tl.where(nonzero, tt, 1.0), ACC), 0.0)
+
+
+@triton.jit
+def direction(
+    x_at,
+    b_at,
+    g_at,
+    sc,
+    eta,
+    offs,
+    n,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    MASKED: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
+    """``(theta_0, G)`` of the fused updates: ``G = c_d (x - theta_0) + c_g g`` (ASAM:
+    ``c_d q + c_g g``), ``c_d, c_g = sc[C_D], sc[C_G]``, negated if ``MAXIMIZE``."""
+    b = load(b_at, offs, n, DT, ACC, MASKED, ALIGNED)
+    d = load(x_at, offs, n, DT, ACC, MASKED, ALIGNED) - b
+    g = load(g_at, offs, n, DT, ACC, MASKED, ALIGNED)
+    if ADAPTIVE:
+        tt = asam_t(b, eta, ACC)
+        d = asam_q(d, tt * tt, ACC)
+    step = tl.load(sc + C_D).to(ACC) * d + tl.load(sc + C_G).to(ACC) * g
+    if MAXIMIZE:
+        step = -step
+    return b, step

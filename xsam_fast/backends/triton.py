@@ -28,7 +28,7 @@ from .base import NHYPER, NSCALARS, Backend
 try:
     import triton  # noqa: F401
 
-    from ..triton_kernels import config, perturb, reductions, scalars, update
+    from ..triton_kernels import adam, config, perturb, reductions, scalars, sgd
     from ..triton_kernels.packing import Packer, TritonList
 
     _IMPORT_ERROR = ""
@@ -176,7 +176,7 @@ class TritonBackend(Backend):
             raise ValueError("sgd_update with momentum needs the momentum buffers")
         with _on(params):
             self._check_scalars(params, sc, hyper)
-            update.sgd_update(
+            sgd.sgd_update(
                 self.packer,
                 params,
                 points,
@@ -213,7 +213,7 @@ class TritonBackend(Backend):
         with _on(params):
             self._check_scalars(params, sc, hyper)
             _check_vector(steps, "steps", params.device, len(params), float64=False)
-            update.adam_update(
+            adam.adam_update(
                 self.packer,
                 params,
                 points,
