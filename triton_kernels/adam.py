@@ -16,9 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..coefficients import accumulation_dtype
-from .common import aligned, direction, div, load, locate, sqrt, store
-from .config import DTYPES, LAUNCH_OPTIONS
+from .common import direction, div, load, locate, on_path, sqrt, store
 from .packing import Packer, TritonList, same_layout
 from .scalars import (
     FOUND_INF,
@@ -118,57 +116,9 @@ def _adam_kernel(
     g_at = tl.load(G + t)
     m_at = tl.load(M + t)
     v_at = tl.load(V + t)
-    if start + BLOCK <= n:
-        if aligned(p_at | x_at | b_at | g_at | m_at | v_at):
-            _adam_chunk(
-                p_at,
-                x_at,
-                b_at,
-                g_at,
-                m_at,
-                v_at,
-                sc,
-                hyper,
-                step_size,
-                bc2_sqrt,
-                eta,
-                offs,
-                n,
-                DT,
-                ACC,
-                MAXIMIZE,
-                ADAPTIVE,
-                WEIGHT_DECAY,
-                DECOUPLED,
-                False,
-                True,
-            )
-        else:
-            _adam_chunk(
-                p_at,
-                x_at,
-                b_at,
-                g_at,
-                m_at,
-                v_at,
-                sc,
-                hyper,
-                step_size,
-                bc2_sqrt,
-                eta,
-                offs,
-                n,
-                DT,
-                ACC,
-                MAXIMIZE,
-                ADAPTIVE,
-                WEIGHT_DECAY,
-                DECOUPLED,
-                False,
-                False,
-            )
-    else:
-        _adam_chunk(
+    on_path(
+        _adam_chunk,
+        (
             p_at,
             x_at,
             b_at,
@@ -188,9 +138,12 @@ def _adam_kernel(
             ADAPTIVE,
             WEIGHT_DECAY,
             DECOUPLED,
-            True,
-            False,
-        )
+        ),
+        start,
+        n,
+        p_at | x_at | b_at | g_at | m_at | v_at,
+        BLOCK,
+    )
 
 
 def adam_update(
@@ -213,27 +166,22 @@ def adam_update(
     lay = same_layout(params, points, backups, grads, exp_avgs, exp_avg_sqs)
     if lay.nblocks == 0:
         return
-    dt, acc = DTYPES[lay.dtype]
-    _adam_kernel[(lay.nblocks,)](
-        params.table,
-        points.table,
-        backups.table,
-        grads.table,
-        exp_avgs.table,
-        exp_avg_sqs.table,
-        steps,
-        sc,
-        hyper,
-        packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
-        lay.numels,
-        lay.work,
-        DT=dt,
-        ACC=acc,
+    packer.launch(
+        _adam_kernel,
+        lay,
+        (
+            params.table,
+            points.table,
+            backups.table,
+            grads.table,
+            exp_avgs.table,
+            exp_avg_sqs.table,
+            steps,
+            sc,
+            hyper,
+        ),
+        eta,
         MAXIMIZE=bool(maximize),
-        ADAPTIVE=eta is not None,
         WEIGHT_DECAY=bool(weight_decay),
         DECOUPLED=bool(decoupled),
-        BLOCK=lay.block,
-        LARGE=lay.large,
-        **LAUNCH_OPTIONS,
     )

@@ -5,7 +5,7 @@ Every multi-tensor kernel of this package runs one program per *chunk*:
 program reads its ``(tensor index, chunk index)`` pair from the work list built
 on the host (:mod:`.packing`), the tensor's length from the length table, and
 the tensor's address from each list's pointer table (one int64 ``data_ptr()``
-per tensor). A program takes one of three paths:
+per tensor). A program takes one of three paths (:func:`on_path`):
 
 * a full chunk of tensors whose addresses in every list are multiples of
   :data:`VECTOR` bytes: loads and stores without a mask, with an alignment hint,
@@ -52,6 +52,23 @@ def aligned(addresses):
     """Whether the OR of some tensors' addresses (int64) is a multiple of ``VECTOR`` bytes,
     i.e. every one of them is."""
     return (addresses & (VECTOR - 1)) == 0
+
+
+@triton.jit
+def on_path(CHUNK: tl.constexpr, args, start, n, addresses, BLOCK: tl.constexpr):
+    """``CHUNK(*args, MASKED, ALIGNED)`` on this program's path (see the module docstring).
+
+    ``args``: a tuple of ``CHUNK``'s other arguments; ``start``, ``n``: the chunk's
+    first element and the tensor's length (from :func:`locate`); ``addresses``: the
+    OR of the chunk's tensor addresses (int64), for :func:`aligned`.
+    """
+    if start + BLOCK <= n:
+        if aligned(addresses):
+            CHUNK(*args, False, True)
+        else:
+            CHUNK(*args, False, False)
+    else:
+        CHUNK(*args, True, False)
 
 
 #: the combine function of ``tl.sum``. Reducing with it through ``tl.reduce`` is

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from ..backends.base import LayoutError, TensorList, check_layout
-from .config import check_block
+from ..coefficients import accumulation_dtype
+from .config import DTYPES, LAUNCH_OPTIONS, check_block
 
 #: above this length a tensor's offsets need int64 (with room for one chunk)
 INT32_LIMIT = 2**31 - 1
@@ -170,6 +171,37 @@ class Packer:
 
     def _layout(self, key: tuple) -> Layout:
         return self._layouts.get(key, lambda: Layout(key, self.block))
+
+    def launch(
+        self,
+        kernel: Any,
+        lay: Layout,
+        args: tuple,
+        eta: float | None,
+        tail: tuple = (),
+        **switches: bool,
+    ) -> None:
+        """``kernel(*args, eta, numels, work, *tail)``, one program per chunk of ``lay``.
+
+        Adds the constexprs every multi-tensor kernel takes: the element and
+        accumulation dtypes (``DT``, ``ACC``), ``ADAPTIVE`` (``eta`` given), ``BLOCK``
+        and ``LARGE`` of ``lay``; then ``switches`` and the backend's launch options.
+        """
+        dt, acc = DTYPES[lay.dtype]
+        kernel[(lay.nblocks,)](
+            *args,
+            self.eta(eta, accumulation_dtype(lay.dtype), lay.device),
+            lay.numels,
+            lay.work,
+            *tail,
+            DT=dt,
+            ACC=acc,
+            ADAPTIVE=eta is not None,
+            BLOCK=lay.block,
+            LARGE=lay.large,
+            **switches,
+            **LAUNCH_OPTIONS,
+        )
 
     def eta(self, eta: float | None, dtype: torch.dtype, device: torch.device) -> Tensor:
         """``eta`` as a 1-element ``dtype`` tensor on ``device`` (a placeholder, never read,

@@ -18,9 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..coefficients import accumulation_dtype
-from .common import aligned, asam_q, asam_t, load, locate, store
-from .config import DTYPES, LAUNCH_OPTIONS
+from .common import asam_q, asam_t, load, locate, on_path, store
 from .packing import Packer, TritonList, same_layout
 from .scalars import ascent_scale
 
@@ -81,17 +79,14 @@ def _ascent_kernel(
         addresses = p_at | g_at | b_at
     else:
         addresses = p_at | g_at
-    if start + BLOCK <= n:
-        if aligned(addresses):
-            _ascent_chunk(
-                p_at, g_at, b_at, scale, eta, offs, n, DT, ACC, BACKUP, ADAPTIVE, False, True
-            )
-        else:
-            _ascent_chunk(
-                p_at, g_at, b_at, scale, eta, offs, n, DT, ACC, BACKUP, ADAPTIVE, False, False
-            )
-    else:
-        _ascent_chunk(p_at, g_at, b_at, scale, eta, offs, n, DT, ACC, BACKUP, ADAPTIVE, True, False)
+    on_path(
+        _ascent_chunk,
+        (p_at, g_at, b_at, scale, eta, offs, n, DT, ACC, BACKUP, ADAPTIVE),
+        start,
+        n,
+        addresses,
+        BLOCK,
+    )
 
 
 @triton.jit
@@ -155,61 +150,14 @@ def _interp_kernel(
     x_at = tl.load(X + t)
     b_at = tl.load(B + t)
     g_at = tl.load(G + t)
-    if start + BLOCK <= n:
-        if aligned(out_at | x_at | b_at | g_at):
-            _interp_chunk(
-                out_at,
-                x_at,
-                b_at,
-                g_at,
-                c_d,
-                c_g,
-                eta,
-                offs,
-                n,
-                DT,
-                ACC,
-                RESTORE,
-                ADAPTIVE,
-                False,
-                True,
-            )
-        else:
-            _interp_chunk(
-                out_at,
-                x_at,
-                b_at,
-                g_at,
-                c_d,
-                c_g,
-                eta,
-                offs,
-                n,
-                DT,
-                ACC,
-                RESTORE,
-                ADAPTIVE,
-                False,
-                False,
-            )
-    else:
-        _interp_chunk(
-            out_at,
-            x_at,
-            b_at,
-            g_at,
-            c_d,
-            c_g,
-            eta,
-            offs,
-            n,
-            DT,
-            ACC,
-            RESTORE,
-            ADAPTIVE,
-            True,
-            False,
-        )
+    on_path(
+        _interp_chunk,
+        (out_at, x_at, b_at, g_at, c_d, c_g, eta, offs, n, DT, ACC, RESTORE, ADAPTIVE),
+        start,
+        n,
+        out_at | x_at | b_at | g_at,
+        BLOCK,
+    )
 
 
 def backup_ascent(
@@ -225,23 +173,12 @@ def backup_ascent(
     lay = same_layout(params, grads, backups)
     if lay.nblocks == 0:
         return
-    dt, acc = DTYPES[lay.dtype]
-    _ascent_kernel[(lay.nblocks,)](
-        params.table,
-        grads.table,
-        backups.table,
-        sc,
-        hyper,
-        packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
-        lay.numels,
-        lay.work,
-        DT=dt,
-        ACC=acc,
+    packer.launch(
+        _ascent_kernel,
+        lay,
+        (params.table, grads.table, backups.table, sc, hyper),
+        eta,
         BACKUP=bool(backup),
-        ADAPTIVE=eta is not None,
-        BLOCK=lay.block,
-        LARGE=lay.large,
-        **LAUNCH_OPTIONS,
     )
 
 
@@ -260,21 +197,10 @@ def interpolate(
     lay = same_layout(out, points, backups, grads)
     if lay.nblocks == 0:
         return
-    dt, acc = DTYPES[lay.dtype]
-    _interp_kernel[(lay.nblocks,)](
-        out.table,
-        points.table,
-        backups.table,
-        grads.table,
-        coeffs,
-        packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
-        lay.numels,
-        lay.work,
-        DT=dt,
-        ACC=acc,
+    packer.launch(
+        _interp_kernel,
+        lay,
+        (out.table, points.table, backups.table, grads.table, coeffs),
+        eta,
         RESTORE=bool(restore),
-        ADAPTIVE=eta is not None,
-        BLOCK=lay.block,
-        LARGE=lay.large,
-        **LAUNCH_OPTIONS,
     )

@@ -15,7 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..coefficients import accumulation_dtype
-from .common import aligned, asam_t, block_sum, div, load, locate
+from .common import asam_t, block_sum, div, load, locate, on_path
 from .config import DTYPES, LAUNCH_OPTIONS, REDUCE_BLOCK
 from .packing import Packer, TritonList, same_layout
 
@@ -58,13 +58,14 @@ def _sumsq_kernel(
     offs = start + tl.arange(0, BLOCK)
     x_at = tl.load(X + t)
     w_at = tl.load(W + t)
-    if start + BLOCK <= n:
-        if aligned(x_at | w_at):
-            _sumsq_chunk(x_at, w_at, eta, offs, n, partials, DT, ACC, ADAPTIVE, False, True)
-        else:
-            _sumsq_chunk(x_at, w_at, eta, offs, n, partials, DT, ACC, ADAPTIVE, False, False)
-    else:
-        _sumsq_chunk(x_at, w_at, eta, offs, n, partials, DT, ACC, ADAPTIVE, True, False)
+    on_path(
+        _sumsq_chunk,
+        (x_at, w_at, eta, offs, n, partials, DT, ACC, ADAPTIVE),
+        start,
+        n,
+        x_at | w_at,
+        BLOCK,
+    )
 
 
 @triton.jit
@@ -120,19 +121,14 @@ def _final_kernel(
     p_at = tl.load(P + t)
     b_at = tl.load(B + t)
     g_at = tl.load(G + t)
-    if start + BLOCK <= n:
-        if aligned(p_at | b_at | g_at):
-            _final_chunk(
-                p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE, False, True
-            )
-        else:
-            _final_chunk(
-                p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE, False, False
-            )
-    else:
-        _final_chunk(
-            p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE, True, False
-        )
+    on_path(
+        _final_chunk,
+        (p_at, b_at, g_at, eta, offs, n, partials, nblocks, DT, ACC, ADAPTIVE),
+        start,
+        n,
+        p_at | b_at | g_at,
+        BLOCK,
+    )
 
 
 @triton.jit
@@ -198,24 +194,9 @@ def sumsq(
     _check_out(out, 1, lay.device)
     if lay.nblocks == 0:
         return _nothing(out, accumulate)
-    dt, acc = DTYPES[lay.dtype]
-    acc_torch = accumulation_dtype(lay.dtype)
     w = weights if eta is not None else grads
-    partials = torch.empty(lay.nblocks, dtype=acc_torch, device=lay.device)
-    _sumsq_kernel[(lay.nblocks,)](
-        grads.table,
-        w.table,
-        packer.eta(eta, acc_torch, lay.device),
-        lay.numels,
-        lay.work,
-        partials,
-        DT=dt,
-        ACC=acc,
-        ADAPTIVE=eta is not None,
-        BLOCK=lay.block,
-        LARGE=lay.large,
-        **LAUNCH_OPTIONS,
-    )
+    partials = torch.empty(lay.nblocks, dtype=accumulation_dtype(lay.dtype), device=lay.device)
+    packer.launch(_sumsq_kernel, lay, (grads.table, w.table), eta, (partials,))
     _finish(partials, out, lay.nblocks, accumulate)
 
 
@@ -234,23 +215,8 @@ def final_sums(
     _check_out(out, 3, lay.device)
     if lay.nblocks == 0:
         return _nothing(out, accumulate)
-    dt, acc = DTYPES[lay.dtype]
-    acc_torch = accumulation_dtype(lay.dtype)
-    partials = torch.empty(3 * lay.nblocks, dtype=acc_torch, device=lay.device)
-    _final_kernel[(lay.nblocks,)](
-        points.table,
-        backups.table,
-        grads.table,
-        packer.eta(eta, acc_torch, lay.device),
-        lay.numels,
-        lay.work,
-        partials,
-        lay.nblocks,
-        DT=dt,
-        ACC=acc,
-        ADAPTIVE=eta is not None,
-        BLOCK=lay.block,
-        LARGE=lay.large,
-        **LAUNCH_OPTIONS,
+    partials = torch.empty(3 * lay.nblocks, dtype=accumulation_dtype(lay.dtype), device=lay.device)
+    packer.launch(
+        _final_kernel, lay, (points.table, backups.table, grads.table), eta, (partials, lay.nblocks)
     )
     _finish(partials, out, lay.nblocks, accumulate)

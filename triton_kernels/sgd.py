@@ -16,9 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..coefficients import accumulation_dtype
-from .common import aligned, direction, load, locate, store
-from .config import DTYPES, LAUNCH_OPTIONS
+from .common import direction, load, locate, on_path, store
 from .packing import Packer, TritonList, same_layout
 from .scalars import FOUND_INF, H_DAMPENING, H_LR, H_MOMENTUM, H_WEIGHT_DECAY
 
@@ -100,55 +98,9 @@ def _sgd_kernel(
     b_at = tl.load(B + t)
     g_at = tl.load(G + t)
     buf_at = tl.load(BUF + t)
-    if start + BLOCK <= n:
-        if aligned(p_at | x_at | b_at | g_at | buf_at):
-            _sgd_chunk(
-                p_at,
-                x_at,
-                b_at,
-                g_at,
-                buf_at,
-                sc,
-                hyper,
-                eta,
-                offs,
-                n,
-                DT,
-                ACC,
-                MAXIMIZE,
-                ADAPTIVE,
-                WEIGHT_DECAY,
-                MOMENTUM,
-                NESTEROV,
-                INIT_BUFS,
-                False,
-                True,
-            )
-        else:
-            _sgd_chunk(
-                p_at,
-                x_at,
-                b_at,
-                g_at,
-                buf_at,
-                sc,
-                hyper,
-                eta,
-                offs,
-                n,
-                DT,
-                ACC,
-                MAXIMIZE,
-                ADAPTIVE,
-                WEIGHT_DECAY,
-                MOMENTUM,
-                NESTEROV,
-                INIT_BUFS,
-                False,
-                False,
-            )
-    else:
-        _sgd_chunk(
+    on_path(
+        _sgd_chunk,
+        (
             p_at,
             x_at,
             b_at,
@@ -167,9 +119,12 @@ def _sgd_kernel(
             MOMENTUM,
             NESTEROV,
             INIT_BUFS,
-            True,
-            False,
-        )
+        ),
+        start,
+        n,
+        p_at | x_at | b_at | g_at | buf_at,
+        BLOCK,
+    )
 
 
 def sgd_update(
@@ -192,28 +147,15 @@ def sgd_update(
     lay = same_layout(params, points, backups, grads, bufs if momentum else None)
     if lay.nblocks == 0:
         return
-    dt, acc = DTYPES[lay.dtype]
     buf_table = bufs.table if momentum else params.table  # never accessed without momentum
-    _sgd_kernel[(lay.nblocks,)](
-        params.table,
-        points.table,
-        backups.table,
-        grads.table,
-        buf_table,
-        sc,
-        hyper,
-        packer.eta(eta, accumulation_dtype(lay.dtype), lay.device),
-        lay.numels,
-        lay.work,
-        DT=dt,
-        ACC=acc,
+    packer.launch(
+        _sgd_kernel,
+        lay,
+        (params.table, points.table, backups.table, grads.table, buf_table, sc, hyper),
+        eta,
         MAXIMIZE=bool(maximize),
-        ADAPTIVE=eta is not None,
         WEIGHT_DECAY=bool(weight_decay),
         MOMENTUM=bool(momentum),
         NESTEROV=bool(nesterov),
         INIT_BUFS=bool(init_bufs),
-        BLOCK=lay.block,
-        LARGE=lay.large,
-        **LAUNCH_OPTIONS,
     )
