@@ -276,6 +276,42 @@ def test_triton_step_makes_no_host_sync(tm, dtype):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_skipped_steps_warn_without_stats_and_without_a_sync(tm):
+    """nonfinite="warn" (the default) with a NaN loss at every step: the skipped-step count
+    reaches the host by a non-blocking copy, and a warning comes within a few steps,
+    with no stats() call and no host synchronisation."""
+    import time
+    import warnings
+
+    model = _model()
+    x = torch.randn(16, 3, 8, 8, device=DEV)
+    y = torch.randint(0, 10, (16,), device=DEV)
+    opt = XSAM(model.parameters(), rho=0.05, backend="triton", model=model, lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y) * float("nan")
+        loss.backward()
+        return loss
+
+    opt.step(closure)  # builds the plan and the host copy of the count
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            for _ in range(20):
+                opt.step(closure)
+                if seen:
+                    break
+                time.sleep(0.01)  # host time for the copy to land (no wait on the device)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert any("skipped" in str(w.message) for w in seen), [str(w.message) for w in seen]
+    assert opt.stats()["skipped_steps"] >= 2
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_triton_optimizer_matches_reference_on_cuda(dtype):
     results = []

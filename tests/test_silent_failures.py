@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
+import re
 
 import numpy as np
 import pytest
@@ -174,9 +174,9 @@ def test_interval_plain_steps_are_guarded(nonfinite):
         with pytest.raises(FloatingPointError):
             opt.step(bad)
     else:
-        opt.step(bad)  # a plain step
-        with pytest.warns(RuntimeWarning, match="skipped"):
-            assert opt.stats()["skipped_steps"] == 1
+        with pytest.warns(RuntimeWarning, match="skipped"):  # without reading stats()
+            opt.step(bad)  # a plain step
+        assert opt.stats()["skipped_steps"] == 1
     assert all(torch.equal(a, b) for a, b in zip(params_of(model), before))
 
 
@@ -416,11 +416,101 @@ def test_skipped_steps_are_counted_and_checkpointed():
     model = make_mlp()
     x, y = make_batches("mlp", 1)[0]
     opt = XSAM(model.parameters(), lr=0.1, backend="reference")
-    opt.step(lambda: (criterion(model(x), y) * math.nan).backward())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert opt.stats()["skipped_steps"] == 1
+    with pytest.warns(RuntimeWarning, match="1 step"):
+        opt.step(lambda: (criterion(model(x), y) * math.nan).backward())
+    assert opt.stats()["skipped_steps"] == 1
     fresh = XSAM(model.parameters(), lr=0.1, backend="reference")
     fresh.load_state_dict(opt.state_dict())
     fresh.step(_closure(fresh, model, x, y))
     assert fresh.stats()["skipped_steps"] == 1
+
+
+# ------------------------------------------------------------------ found in a new user's trial
+def test_a_run_of_nan_losses_warns_without_stats():
+    """Every loss NaN and nobody reads stats(): the default nonfinite="warn" still warns,
+    at the 1st, 2nd, 4th and 8th skipped step (stats() would report every one)."""
+    model = make_mlp()
+    x, y = make_batches("mlp", 1)[0]
+    opt = XSAM(model.parameters(), lr=0.1, backend="reference")
+    before = params_of(model)
+    with pytest.warns(RuntimeWarning, match="skipped") as seen:
+        for _ in range(9):
+            opt.step(lambda: (criterion(model(x), y) * math.nan).backward())
+    totals = [int(re.search(r"\((\d+) in all\)", str(w.message))[1]) for w in seen]
+    assert totals == [1, 2, 4, 8]
+    assert all(torch.equal(a, b) for a, b in zip(params_of(model), before))
+    with pytest.warns(RuntimeWarning, match=r"1 step\(s\) skipped .*9 in all"):
+        assert opt.stats()["skipped_steps"] == 9
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("fault", ["no-zero-grad", "no-backward"])
+def test_manual_api_pass_without_fresh_gradients_is_refused(fault, steps):
+    """The manual API with zero_grad() forgotten before a backward at the ascent point
+    (g0 + g would be used as g), or with no backward at all (g0): refused, theta_0 back."""
+    model = make_mlp()
+    x, y = make_batches("mlp", 1)[0]
+    opt = XSAM(model.parameters(), rho=0.2, lr=0.1, steps=steps, backend="reference")
+    before = params_of(model)
+    criterion(model(x), y).backward()
+    opt.first_step()
+    if fault == "no-zero-grad":
+        criterion(model(x), y).backward()
+    phase = opt.first_step if steps == 2 else opt.second_step  # the pass after the ascent
+    match = "one backward pass added" if fault == "no-zero-grad" else "run the backward"
+    with pytest.raises(RuntimeError, match=match):
+        phase()
+    assert all(torch.equal(a, b) for a, b in zip(params_of(model), before))
+    assert opt.step_count == 0
+
+
+@pytest.mark.parametrize("clear", ["set_to_none", "zeros", "first_step_zero_grad"])
+def test_manual_api_with_gradients_cleared_any_way_runs(clear):
+    model = make_mlp()
+    x, y = make_batches("mlp", 1)[0]
+    opt = XSAM(model.parameters(), rho=0.2, lr=0.1, steps=2, backend="reference")
+    for _ in range(2):
+        criterion(model(x), y).backward()
+        for i in range(3):
+            if clear == "first_step_zero_grad":
+                (opt.first_step if i < 2 else opt.second_step)(zero_grad=True)
+            else:
+                (opt.first_step if i < 2 else opt.second_step)()
+                opt.zero_grad(set_to_none=clear == "set_to_none")
+            if i < 2:
+                criterion(model(x), y).backward()
+    assert opt.step_count == 2
+
+
+@pytest.mark.parametrize("key", ["lr", "momentum", "weight_decay"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -0.5])
+def test_non_finite_or_negative_base_hyper_parameters_refused(key, value):
+    """NaN passes torch's own ``lr < 0`` checks and would reach every weight."""
+    model = make_mlp()
+    kw = dict(lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=rf"{key}|learning rate"):  # ours, or torch's
+        XSAM(model.parameters(), **{**kw, key: value})
+    opt = XSAM(model.parameters(), backend="reference", **kw)
+    opt.param_groups[0][key] = value  # a scheduler's or a user's later write
+    x, y = make_batches("mlp", 1)[0]
+    before = params_of(model)
+    with pytest.raises(ValueError, match=f"{key} must be a finite number >= 0 .param group 0."):
+        opt.step(_closure(opt, model, x, y))
+    assert all(torch.equal(a, b) for a, b in zip(params_of(model), before))
+
+
+def test_tensor_lr_is_left_to_the_base_optimizer():
+    opt = XSAM(make_mlp().parameters(), lr=torch.tensor(0.1), backend="reference")
+    assert torch.is_tensor(opt.param_groups[0]["lr"])
+
+
+def test_negative_alpha_refused_like_a_negative_alpha_max():
+    model = make_mlp()
+    for kw in (dict(alpha=-0.1), dict(alpha_max=-1.0)):
+        with pytest.raises(ValueError, match=r"alpha(_max)? must be a finite number >= 0"):
+            XSAM(model.parameters(), lr=0.1, **kw)
+    opt = XSAM(model.parameters(), lr=0.1, backend="reference", alpha=3.0)  # past g: allowed
+    opt.alpha = -1.0
+    x, y = make_batches("mlp", 1)[0]
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        opt.step(_closure(opt, model, x, y))

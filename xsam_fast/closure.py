@@ -72,10 +72,9 @@ class ClosureMixin:
             raise ValueError(f"{why}: this step needs search_loss, a forward-only loss callable")
         self._in_step = True
         try:
-            owner, grad = self._left_grad
             # the first pass keeps gradients made for it (a backward run before step(), as
             # davda54/sam's loop does), not those the last step left (a missing zero_grad)
-            stale = owner is not None and owner.grad is not None and owner.grad is grad()
+            stale = self._left_grad.holds()
             loss = self._closure(
                 closure, learn=self.model is None and self._bn_layers is None, clear=stale
             )

@@ -11,7 +11,6 @@ What a step does to the tensors is planned once in
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Literal
 
@@ -26,6 +25,7 @@ from .backends.base import FOUND_INF, NORM_G
 from .checkpoint import CheckpointMixin
 from .closure import ClosureMixin
 from .distributed import Communicator
+from .gradmark import GradMark
 from .search import ModelLoss, restore_search_state, search_state, search_step
 from .reporting import ReportingMixin
 from .stepper import Stepper
@@ -51,7 +51,8 @@ class XSAM(ClosureMixin, ReportingMixin, CheckpointMixin, torch.optim.Optimizer)
         rho: TOTAL ascent length (each of the ``steps`` ascents moves ``rho/steps``).
         steps: number of ascent steps k >= 1.
         rho_max: search radius; ``None`` means ``2 * rho``.
-        alpha: interpolation parameter used until a search changes it.
+        alpha: interpolation parameter (>= 0; above 1 continues past g) used until a
+            search changes it.
         alpha_max, alpha_delta: the search grid ``arange(0, alpha_max + 1e-5, alpha_delta)``.
         eps: added to every norm before dividing (0 allowed: a zero vector then has the
             unit vector 0).
@@ -60,9 +61,11 @@ class XSAM(ClosureMixin, ReportingMixin, CheckpointMixin, torch.optim.Optimizer)
             theta_0 restored. ``"warn"`` (default): decided on the device (no host
             synchronisation), counted in ``stats()["skipped_steps"]`` and warned about
             when the host next reads the count (:meth:`stats`, a search,
-            :meth:`state_dict`); ``"raise"``: reads the flag on the host after every
-            pass and raises ``FloatingPointError``; ``"none"``: no check (NaN reaches
-            the weights, as with plain torch optimizers).
+            :meth:`state_dict`), and at the 1st, 2nd, 4th... skip from a host copy
+            of the count made without waiting (see :mod:`xsam_fast.reporting`);
+            ``"raise"``: reads the flag on the host after every pass and raises
+            ``FloatingPointError``; ``"none"``: no check (NaN reaches the weights, as
+            with plain torch optimizers).
         model: the model, for BatchNorm handling in :meth:`step` and the search
             (without it, :meth:`step` learns the BatchNorm layers that run in its
             first pass).
@@ -133,6 +136,8 @@ class XSAM(ClosureMixin, ReportingMixin, CheckpointMixin, torch.optim.Optimizer)
             V.check_group(group, i)
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
+        for i, group in enumerate(self.param_groups):  # now with the base's lr, momentum...
+            V.check_group(group, i)
         self.defaults.update(self.base_optimizer.defaults)
 
         self.steps = V.integer("steps", steps, minimum=1)
@@ -154,7 +159,7 @@ class XSAM(ClosureMixin, ReportingMixin, CheckpointMixin, torch.optim.Optimizer)
         self.eta = eta
         self.adaptive_weights_only = bool(adaptive_weights_only)
         self._comm = Communicator(process_group)
-        self.alpha = V.number("alpha", alpha)  # a search sets it; so may you
+        self.alpha = V.number("alpha", alpha, minimum=0)  # a search sets it; so may you
         self.eps = eps
         self.max_grad_norm = (
             None if max_grad_norm is None else V.number("max_grad_norm", max_grad_norm, minimum=0)
@@ -164,7 +169,9 @@ class XSAM(ClosureMixin, ReportingMixin, CheckpointMixin, torch.optim.Optimizer)
         self._in_step = False  # inside step(): torch's wrapper fires the step hooks
         self._bn_layers: list[nn.Module] | None = None  # learned when model is None
         self._reported_skips = 0.0
-        self._left_grad: tuple[Any, Any] = (None, None)  # a gradient the last step left (weak)
+        self._skip_mirror = None  # the skipped-step count's host copy (reporting.SkipMirror)
+        self._left_grad = GradMark()  # a gradient the last step left
+        self._pass_grad = GradMark()  # the gradient the last ascent used (manual API)
 
         self.step_count = 0  # completed XSAM steps
         self.base_steps = 0  # plain base-optimizer steps taken by step() (interval > 1)
@@ -223,6 +230,7 @@ class XSAM(ClosureMixin, ReportingMixin, CheckpointMixin, torch.optim.Optimizer)
             )
         self._begin()
         try:
+            self._check_new_pass("first_step")
             plan = stepper.prepare()
             unscale_pass(self, plan, scaler, first=stepper.ascents == 0)
             backup = stepper.ascents == 0 and not stepper.backed
@@ -237,6 +245,7 @@ class XSAM(ClosureMixin, ReportingMixin, CheckpointMixin, torch.optim.Optimizer)
             raise
         if zero_grad:
             self.zero_grad()
+        self._pass_grad.set(None if self._in_step or plan.dtensor else plan.owners[0])
 
     @torch.no_grad()
     def second_step(
@@ -265,6 +274,7 @@ class XSAM(ClosureMixin, ReportingMixin, CheckpointMixin, torch.optim.Optimizer)
             raise RuntimeError("second_step() called without first_step() in this step")
         snapshot = search_state(self)
         try:
+            self._check_new_pass("second_step")
             plan = stepper.prepare()
             unscale_pass(self, plan, scaler, first=False)
             stepper.back_up_new(plan)
@@ -290,8 +300,7 @@ class XSAM(ClosureMixin, ReportingMixin, CheckpointMixin, torch.optim.Optimizer)
             self.restore_param()
             raise
         norm_g = stepper.scalars.on(plan.devices[0])[NORM_G].clone()
-        owner = plan.owners[0]
-        self._left_grad = (owner, weakref.ref(owner.grad))  # to recognise them next step
+        self._left_grad.set(plan.owners[0])  # to recognise it next step
         self.step_count += 1
         self._opt_called = True  # type: ignore[attr-defined]  (LR schedulers check it)
         self._end_step()
@@ -333,14 +342,36 @@ class XSAM(ClosureMixin, ReportingMixin, CheckpointMixin, torch.optim.Optimizer)
         (as torch's wrapper does for step(), not after an exception)."""
         stepper = self._stepper
         began = completed and (stepper.ascents > 0 or bool(stepper.backed))
+        scaled = self._amp is not None  # overflow skips are the GradScaler's business
         if self._amp is not None:  # tell the GradScaler what scaler.step would have
             plan = stepper.plan
             if plan is not None:
                 self._amp.record(self, stepper.scalars.on(plan.devices[0])[FOUND_INF])
             self._amp = None
         stepper.end()
+        self._pass_grad.clear()
+        if completed and not scaled:
+            self._poll_skips()
         if began and not self._in_step:
             hooks.fire_post(self)
+
+    def _check_new_pass(self, phase: str) -> None:
+        """Refuse a manual-API pass whose gradients are still those of the last ascent:
+        no backward since, or one that added onto them (zero_grad() forgotten)."""
+        verdict = self._pass_grad.verdict()
+        if verdict == "unchanged":
+            raise RuntimeError(
+                f"XSAM: {phase}() found the gradients the last first_step() used: run the "
+                "backward pass at the ascent point between the two calls (theta_0 restored)"
+            )
+        if verdict == "accumulated":
+            raise RuntimeError(
+                f"XSAM: {phase}() found the gradients of the last first_step() with one "
+                "backward pass added onto them (g0 + g, not g): call zero_grad() (or "
+                "first_step(zero_grad=True)) before the backward pass at the ascent point. "
+                "A gradient written in place yourself: assign p.grad = ... instead "
+                "(theta_0 restored)"
+            )
 
     def _check(self) -> bool:
         return self.nonfinite != "none" or self._amp is not None

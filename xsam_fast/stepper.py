@@ -51,7 +51,7 @@ class DeviceScalars:
         host = (opt.alpha, opt.eps, opt.max_grad_norm)
         if host == self._host:
             return
-        alpha, eps = number("alpha", opt.alpha), number("eps", opt.eps, minimum=0)
+        alpha, eps = number("alpha", opt.alpha, minimum=0), number("eps", opt.eps, minimum=0)
         max_norm = (
             -1.0
             if opt.max_grad_norm is None

@@ -43,13 +43,19 @@ def integer(name: str, value: Any, *, minimum: int) -> int:
     return int(value)
 
 
+_BASE_NUMBERS = ("lr", "momentum", "weight_decay")  # NaN passes torch's own ``< 0`` checks
+
+
 def check_group(group: dict[str, Any], index: int | None = None) -> None:
-    """A param group's ``rho`` and ``rho_max`` (read at every step, so checked at every step:
-    a schedule may have set them). Raises ValueError naming the group."""
+    """A param group's ``rho`` and ``rho_max``, and the base optimizer's ``lr``,
+    ``momentum`` and ``weight_decay`` where they are Python numbers (read at every step,
+    so checked at every step: a schedule may have set them; a tensor ``lr`` is left to
+    the base optimizer, as reading it could wait for a device). Raises ValueError
+    naming the group."""
     where = "" if index is None else f" (param group {index})"
-    for key in ("rho", "rho_max"):
+    for key in ("rho", "rho_max", *_BASE_NUMBERS):
         value = group.get(key)
-        if key == "rho_max" and value is None:
+        if (key != "rho" and value is None) or (key in _BASE_NUMBERS and isinstance(value, Tensor)):
             continue
         if (
             isinstance(value, bool)
