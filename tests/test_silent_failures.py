@@ -19,6 +19,7 @@ import xsam_fast
 from conftest import criterion, make_batches, make_cnn_bn, make_mlp, params_of
 from xsam_fast import XSAM, checkpoint
 from xsam_fast.compat import XSAM as CompatXSAM
+from xsam_fast.search import ModelLoss
 
 
 def _closure(opt, model, x, y):
@@ -514,3 +515,43 @@ def test_negative_alpha_refused_like_a_negative_alpha_max():
     x, y = make_batches("mlp", 1)[0]
     with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
         opt.step(_closure(opt, model, x, y))
+
+
+def test_step_with_closure_inside_a_manual_step_says_so():
+    model = make_mlp()
+    x, y = make_batches("mlp", 1)[0]
+    opt = XSAM(model.parameters(), rho=0.2, lr=0.1, backend="reference")
+    before = params_of(model)
+    criterion(model(x), y).backward()
+    opt.first_step()
+    with pytest.raises(RuntimeError, match=r"manual-API step is under way.*theta_0 restored"):
+        opt.step(_closure(opt, model, x, y))
+    assert all(torch.equal(a, b) for a, b in zip(params_of(model), before))
+    opt.step(_closure(opt, model, x, y))  # and the next step runs
+    assert opt.step_count == 1
+
+
+@pytest.mark.parametrize("fault", ["vector", "backward", "none", "batched-shape"])
+def test_search_loss_that_is_not_a_forward_only_scalar_says_so(fault):
+    model = make_mlp()
+    x, y = make_batches("mlp", 1)[0]
+    batch = 4 if fault == "batched-shape" else 1
+    opt = XSAM(model.parameters(), rho=0.2, lr=0.1, backend="reference", search_batch=batch)
+    before = params_of(model)
+    per_sample = nn.CrossEntropyLoss(reduction="none")
+    search_loss = {
+        "vector": lambda: per_sample(model(x), y),
+        "backward": _closure(opt, model, x, y),
+        "none": lambda: None,
+        "batched-shape": ModelLoss(model, x, y, per_sample),
+    }[fault]
+    error, match = {
+        "vector": (ValueError, r"must return a scalar loss, got shape \(\d+,\)"),
+        "backward": (RuntimeError, "forward only"),
+        "none": (TypeError, "as a tensor, got NoneType"),
+        "batched-shape": (ValueError, r"must return 4 losses \(one per point\)"),
+    }[fault]
+    with pytest.raises(error, match=match):
+        opt.step(_closure(opt, model, x, y), search_loss=search_loss, update_alpha=True)
+    assert all(torch.equal(a, b) for a, b in zip(params_of(model), before))
+    assert opt.step_count == 0 and not opt.search_history

@@ -55,6 +55,13 @@ class ClosureMixin:
         """
         if closure is None:
             return self._init_state()
+        if self._stepper.ascents:
+            self.restore_param()
+            raise RuntimeError(
+                "XSAM: step(closure) called while a manual-API step is under way "
+                "(first_step() without its second_step()): finish that step with "
+                "second_step(), or leave it with restore_param() (theta_0 restored now)"
+            )
         if (self.step_count + self.base_steps) % self.interval != 0:
             if update_alpha:  # done by the next full step
                 self.request_search()

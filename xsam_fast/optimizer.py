@@ -87,7 +87,8 @@ class XSAM(ClosureMixin, ReportingMixin, CheckpointMixin, torch.optim.Optimizer)
             ``adaptive_weights_only=False``; see ``docs/algorithm.md``.
         **base_kwargs: hyper-parameters of the base optimizer (``lr``, ``momentum``...).
 
-    After a step :meth:`stats` reads ``alpha``, ``psi``, ``grad_norm``, ``d_norm``,
+    After a step :meth:`stats` reads ``alpha``, ``psi`` (the angle between the ascent
+    direction and g, in radians), ``grad_norm``, ``d_norm``,
     ``skipped`` and ``skipped_steps`` (one synchronisation); :attr:`search_curve` and
     :attr:`search_history` hold the searches (see :meth:`register_search_hook`).
     """

@@ -30,8 +30,9 @@ class ReportingMixin:
 
     @property
     def last_stats(self) -> dict[str, Any]:
-        """``alpha`` and 0-d device tensors ``psi``, ``grad_norm``, ``d_norm``, ``skipped``
-        (1.0 if the last step was skipped) and ``skipped_steps``, of the last step."""
+        """``alpha`` and 0-d device tensors ``psi`` (radians), ``grad_norm``, ``d_norm``,
+        ``skipped`` (1.0 if the last step was skipped) and ``skipped_steps``, of the last
+        step."""
         sc = self._stepper.scalars.first()
         if sc is None:
             return {}

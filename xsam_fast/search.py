@@ -258,7 +258,8 @@ def run_search(
                     for b, pts, co in zip(plan.buckets, points, coeffs)
                     for p, x, b0, g in zip(b.locals, pts, b.backups, b.grads)
                 }
-                losses.extend(loss_fn.batched(stacked).detach().reshape(-1).unbind(0))
+                out = _loss_value(loss_fn.batched, stacked, expected=len(chunk))
+                losses.extend(out.reshape(-1).unbind(0))
                 forwards[0] += 1
         else:
             for a in batch:
@@ -267,7 +268,7 @@ def run_search(
                         b.kernels.write_point(
                             b.params, pts, b.backups, b.grads, co[index[a]], eta=b.eta
                         )
-                losses.append(loss_fn().detach().reshape(()).to(sc.device))
+                losses.append(_loss_value(loss_fn).reshape(()).to(sc.device))
                 D.reshard(fsdp)
                 forwards[0] += 1
         # averaged over the data-parallel group (one all-reduce per call of the strategy),
@@ -290,6 +291,33 @@ def run_search(
         d_norm=norm_d_f,
     )
     return alpha, curve, points, record
+
+
+def _loss_value(loss_fn: Callable[..., Any], *args: Any, expected: int = 1) -> Tensor:
+    """``loss_fn(*args)`` checked to be ``expected`` loss values (a scalar, or one per
+    point of a batched call), detached. Raises TypeError or ValueError saying what a
+    search loss must be."""
+    try:
+        out = loss_fn(*args)
+    except RuntimeError as exc:
+        if "does not require grad" not in str(exc):
+            raise
+        raise RuntimeError(
+            "XSAM: search_loss called backward(); it is evaluated forward only (under "
+            "torch.no_grad()) at each search point: pass a function that returns the loss, "
+            "not the training closure"
+        ) from exc
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"XSAM: search_loss must return the loss as a tensor, got {type(out).__name__}"
+        )
+    if out.numel() != expected:
+        what = "a scalar loss" if expected == 1 else f"{expected} losses (one per point)"
+        raise ValueError(
+            f"XSAM: search_loss must return {what}, got shape {tuple(out.shape)}: reduce "
+            "it as the training loss is (e.g. reduction='mean')"
+        )
+    return out.detach()
 
 
 def _batch_names(
