@@ -56,7 +56,7 @@ from torch import Tensor
 
 from xsam_fast import coefficients
 from xsam_fast.backends import base as B
-from xsam_fast.backends.base import TensorList
+from xsam_fast.backends.packed import TensorList
 from xsam_fast.backends.reference import ReferenceBackend
 from xsam_fast.plan import Hyper
 from xsam_fast.stepper import DeviceScalars

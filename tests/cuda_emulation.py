@@ -24,7 +24,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from xsam_fast.backends.base import NHYPER, NSCALARS, Backend, LayoutError, TensorList
+from xsam_fast.backends.base import NHYPER, NSCALARS, Backend
+from xsam_fast.backends.packed import LayoutError, TensorList
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "csrc" / "cuda" / "emulation" / "host_emulation.cu"

@@ -38,6 +38,7 @@ from backend_contract import (
 )
 from xsam_fast import coefficients
 from xsam_fast.backends import base as B
+from xsam_fast.backends.packed import LayoutError
 
 NAMES = sorted(BACKENDS)
 
@@ -278,13 +279,13 @@ def test_pack_checks_layout(target):
     if backend.name == "reference":  # any strides: it steps tensors, not memory
         backend.pack(other_strides, like=packed)
     else:
-        with pytest.raises(B.LayoutError):
+        with pytest.raises(LayoutError):
             backend.pack(other_strides, like=packed)
-    with pytest.raises(B.LayoutError):
+    with pytest.raises(LayoutError):
         backend.pack([torch.zeros(6, device=dev), torch.zeros(5, device=dev)], like=packed)
-    with pytest.raises(B.LayoutError):
+    with pytest.raises(LayoutError):
         backend.pack([torch.zeros(2, 3, device=dev)], like=packed)
-    with pytest.raises(B.LayoutError):
+    with pytest.raises(LayoutError):
         backend.pack(
             [torch.zeros(2, 3, device=dev, dtype=torch.float64), torch.zeros(5, device=dev)],
             like=packed,
@@ -295,7 +296,7 @@ def test_fast_backends_refuse_overlapping_tensors(target):
     backend = target.make()
     if backend.name == "reference":
         pytest.skip("the reference backend takes any strides")
-    with pytest.raises(B.LayoutError):
+    with pytest.raises(LayoutError):
         backend.pack([torch.zeros(4, device=target.device).expand(3, 4)])
 
 

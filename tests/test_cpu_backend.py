@@ -35,6 +35,7 @@ from backend_contract import (
     sgd_hyper,
 )
 from xsam_fast.backends import base as B
+from xsam_fast.backends.packed import LayoutError
 
 if "cpu" not in xsam_fast.available_backends():
     pytest.skip(
@@ -302,7 +303,7 @@ def test_a_repointed_tensor_is_stepped_at_its_new_address_or_refused():
     out = torch.zeros(1, dtype=torch.float64)
     for replacement in (torch.zeros(3, 2).t(), torch.zeros(6, dtype=torch.float64)):
         params[1].data = replacement
-        with pytest.raises(B.LayoutError, match="changed since it was packed"):
+        with pytest.raises(LayoutError, match="changed since it was packed"):
             backend.sumsq(p, out, accumulate=False)
 
 
@@ -423,7 +424,7 @@ PACK_ERRORS = {
 def test_packing_errors_are_layout_errors_that_say_why(name):
     tensors, like, message = PACK_ERRORS[name]
     backend = CpuBackend()
-    with pytest.raises(B.LayoutError, match=message):
+    with pytest.raises(LayoutError, match=message):
         backend.pack(tensors, like=None if like is None else backend.pack(like))
 
 
@@ -446,7 +447,7 @@ def test_lists_packed_apart_must_line_up_at_the_call():
         ([torch.zeros(5), torch.zeros(3, 3)], "grads: tensor 1 is float32"),
         ([torch.zeros(5)], "grads has 1 tensors, the first list 2"),
     ):
-        with pytest.raises(B.LayoutError, match=f"final_sums: {message}"):
+        with pytest.raises(LayoutError, match=f"final_sums: {message}"):
             backend.final_sums(points, backups, backend.pack(grads), sc[B.SUMS], accumulate=False)
 
 

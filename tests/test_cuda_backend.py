@@ -35,6 +35,7 @@ from backend_contract import (
 )
 from xsam_fast import backends
 from xsam_fast.backends import base as B
+from xsam_fast.backends.packed import LayoutError, TensorList
 
 CHUNK = 16384
 IDS = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -298,11 +299,11 @@ def test_phases_refuse_lists_that_do_not_line_up(target):
         "length": [torch.ones(4, 3, device=dev)],
     }
     for what, tensors in others.items():
-        with pytest.raises(B.LayoutError):
+        with pytest.raises(LayoutError):
             be.backup_ascent(p, be.pack(tensors), p, sc, hyper, backup=False)
         assert not any(t.any() for t in p), f"{what}: a refused call wrote"
-    with pytest.raises(B.LayoutError):  # a list this backend did not pack
-        be.backup_ascent(p, B.TensorList(others["strides"]), p, sc, hyper, backup=False)
+    with pytest.raises(LayoutError):  # a list this backend did not pack
+        be.backup_ascent(p, TensorList(others["strides"]), p, sc, hyper, backup=False)
 
 
 def test_phases_refuse_malformed_scalar_tensors(target):

@@ -40,6 +40,7 @@ from backend_contract import (
     run_phase,
 )
 from xsam_fast.backends import base as B  # noqa: E402
+from xsam_fast.backends.packed import LayoutError, TensorList  # noqa: E402
 
 BLOCK = 256
 SIZES = [1, 3, 1030, 0, 700, 257, 256]
@@ -108,15 +109,15 @@ def test_block_must_be_power_of_two(tm):
 
 # ------------------------------------------------------------------ misuse is loud
 def test_pack_refuses_what_the_kernels_cannot_run(tb):
-    with pytest.raises(B.LayoutError, match="cannot run"):
+    with pytest.raises(LayoutError, match="cannot run"):
         tb.pack([torch.zeros(3, dtype=torch.int32)])
     params = tb.pack([torch.zeros(3), torch.zeros(5)])
-    with pytest.raises(B.LayoutError, match="packed like"):
+    with pytest.raises(LayoutError, match="packed like"):
         tb.pack(
             [torch.zeros(3, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)], like=params
         )
     with pytest.raises(TypeError):
-        tb.pack([torch.zeros(3), torch.zeros(5)], like=B.TensorList(params.tensors))
+        tb.pack([torch.zeros(3), torch.zeros(5)], like=TensorList(params.tensors))
 
 
 def test_phases_refuse_lists_that_do_not_line_up(tb):
@@ -124,7 +125,7 @@ def test_phases_refuse_lists_that_do_not_line_up(tb):
     params = tb.pack(case["params"])
     other = tb.pack([torch.zeros(9), torch.zeros(5)])
     sc, hyper = make_sc(), torch.zeros(B.NHYPER, dtype=torch.float64)
-    with pytest.raises(B.LayoutError, match="same device, dtype, shapes"):
+    with pytest.raises(LayoutError, match="same device, dtype, shapes"):
         tb.final_sums(params, params, other, sc[B.SUMS], accumulate=False)
     with pytest.raises(TypeError, match="packed by the triton backend"):
         tb.backup_ascent(case["params"], params, params, sc, hyper, backup=True)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 from torch import Tensor
 
-from ..backends.base import LayoutError, TensorList, check_layout
+from ..backends.packed import LayoutError, TensorList, check_layout
 from ..coefficients import accumulation_dtype
 from .config import DTYPES, LAUNCH_OPTIONS, check_block
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from .backends.base import OK, TensorList
+from .backends.base import OK
+from .backends.packed import TensorList
 
 if TYPE_CHECKING:
     from .plan import Bucket

@@ -35,10 +35,8 @@ from .backends.base import (
     H_WEIGHT_DECAY,
     NHYPER,
     Backend,
-    LayoutError,
-    TensorList,
-    is_dense,
 )
+from .backends.packed import LayoutError, TensorList, is_dense
 from .base_update import FusedKind, fused_kind
 from .distributed import Communicator, is_dtensor, local
 

@@ -14,7 +14,8 @@ from typing import Sequence
 
 from torch import Tensor
 
-from .base import Backend, LayoutError, TensorList
+from .base import Backend
+from .packed import LayoutError, TensorList
 
 
 class PackedTensorList(TensorList):

@@ -26,9 +26,8 @@ from .base import (
     H_MOMENTUM,
     H_WEIGHT_DECAY,
     Backend,
-    TensorList,
-    check_layout,
 )
+from .packed import TensorList, check_layout
 
 
 def _wide(t: Tensor) -> Tensor:
