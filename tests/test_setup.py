@@ -8,7 +8,8 @@ setup.py once per case with ``setuptools.setup`` replaced by a recorder, torch's
 The failing build: the package tree is copied to a temporary directory and built in
 place there with a compiler that always fails (``CC``/``CXX`` set to ``false``); the
 build must succeed with a warning, and ``xsam_fast`` imported from that copy must
-list the cpu backend as unavailable, with the reason, while the reference backend works.
+list the cpu backend as unavailable, with the reason, while the reference backend works
+and ``backend="auto"`` warns that it fell back to it.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ def test_failing_compiler_still_builds(tmp_path: Path) -> None:
         "print('cpu' in xsam_fast.available_backends(), repr(s['cpu'])); "
         "p = torch.nn.Parameter(torch.ones(3)); "
         "o = xsam_fast.XSAM([p], torch.optim.SGD, lr=0.1); "
-        "p.grad = torch.ones(3); o.first_step(); o.second_step(); print(p.tolist())"
+        "p.grad = torch.ones(3); o.first_step(); p.grad = torch.ones(3); o.second_step(); "
+        "print(p.tolist())"
     )
     run = subprocess.run(
         [sys.executable, "-c", probe, str(tmp_path)],
@@ -167,10 +169,50 @@ def test_failing_compiler_still_builds(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     available, reason = run.stdout.splitlines()[0].split(" ", 1)
     assert available == "False" and "_C" in reason
+    assert "backend='auto' runs the unfused reference path on cpu" in run.stderr, run.stderr
     # the reference backend stepped: G = g at alpha = 1, so p = 1 - lr * 1
     assert [float(v) for v in run.stdout.splitlines()[1].strip("[]").split(",")] == pytest.approx(
         [0.9, 0.9, 0.9], rel=1e-6
     )
+
+
+def test_built_extensions_import():
+    """A compiled extension next to the imported package must load: a failing module
+    initialiser would otherwise turn its backend off and every test of it into a skip."""
+    import importlib
+
+    import xsam_fast
+
+    built = sorted(Path(xsam_fast.__file__).parent.glob("_C*.so"))
+    if not built:
+        pytest.skip("no compiled extension next to the imported package (built without one)")
+    for path in built:
+        name = "xsam_fast." + path.name.split(".")[0]
+        if name == "xsam_fast._C_cuda" and not torch_has_cuda():
+            continue  # needs the CUDA runtime to load
+        importlib.import_module(name)
+    assert "cpu" in xsam_fast.available_backends(), xsam_fast.backend_status()["cpu"]
+
+
+def test_import_error_text_names_the_cause():
+    from xsam_fast.backends.extension import import_error_text
+
+    try:
+        try:
+            raise AttributeError("module 'm' has no attribute 'X'")
+        except AttributeError as cause:
+            raise ImportError("initialization failed") from cause
+    except ImportError as exc:
+        text = import_error_text(exc)
+    assert text == (
+        "ImportError: initialization failed <- AttributeError: module 'm' has no attribute 'X'"
+    )
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.version.cuda is not None
 
 
 def test_ci_runs_the_readme_test_command():
@@ -183,3 +225,4 @@ def test_ci_runs_the_readme_test_command():
         if line.strip() and not line.startswith("#")
     ]
     assert ci[-1] == found.group(1), ".ci/run's last command is not the README's test command"
+

@@ -2,7 +2,7 @@
 // CpuBackend.pack keeps; the phases take packed lists and the float64 `sc` / `hyper`
 // tensors of base.py, positionally (the Python wrapper, xsam_fast/backends/cpu.py, passes
 // them through). `eta=None` is plain XSAM; a float is ASAM's offset. LayoutError raised
-// here is xsam_fast.backends.base.LayoutError in Python.
+// here is xsam_fast.backends.packed.LayoutError in Python.
 #include <torch/extension.h>
 
 #include "isa.h"
@@ -15,7 +15,7 @@ using xsam_cpu::PackedList;
 
 namespace {
 
-PyObject* layout_error_type = nullptr;  // xsam_fast.backends.base.LayoutError, kept alive
+PyObject* layout_error_type = nullptr;  // xsam_fast.backends.packed.LayoutError, kept alive
 
 void translate_layout_error(std::exception_ptr error) {
   try {
@@ -38,7 +38,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "xsam-fast fused multi-tensor CPU kernels (see xsam_fast/backends/base.py)";
   using namespace pybind11::literals;
   layout_error_type =
-      py::object(py::module_::import("xsam_fast.backends.base").attr("LayoutError"))
+      py::object(py::module_::import("xsam_fast.backends.packed").attr("LayoutError"))
           .release()
           .ptr();
   py::register_exception_translator(&translate_layout_error);

@@ -2,7 +2,7 @@
 // and one function per phase of the backend contract, each taking packed lists (no
 // per-tensor conversion per call). Called by xsam_fast/backends/cuda.py; semantics in
 // xsam_fast/backends/base.py. A LayoutError of the C++ side is raised as
-// xsam_fast.backends.base.LayoutError.
+// xsam_fast.backends.packed.LayoutError.
 #include <torch/extension.h>
 
 #include "xsam_cuda.h"
@@ -17,7 +17,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       if (p) std::rethrow_exception(p);
     } catch (const LayoutError& e) {
       // imported here, when the package is loaded, not when the extension is
-      const py::object error = py::module_::import("xsam_fast.backends.base").attr("LayoutError");
+      const py::object error = py::module_::import("xsam_fast.backends.packed").attr("LayoutError");
       PyErr_SetString(error.ptr(), e.what());
     }
   });

@@ -18,7 +18,7 @@
 namespace xsam_cuda {
 
 // Tensors a backend cannot step together; the extension raises it as
-// xsam_fast.backends.base.LayoutError.
+// xsam_fast.backends.packed.LayoutError.
 struct LayoutError : std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from functools import lru_cache
 
 import torch
@@ -25,6 +26,8 @@ _REGISTRY: dict[str, str] = {
     "reference": "xsam_fast.backends.reference:ReferenceBackend",
 }
 AUTO_ORDER = tuple(_REGISTRY)
+#: device type -> the fused backends that serve it
+FUSED_FOR = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
 
 #: comma-separated backend names that ``available_backends`` and ``auto`` ignore
 DISABLE_ENV = "XSAM_FAST_DISABLE"
@@ -85,5 +88,31 @@ def get_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
     for candidate in available_backends():
         backend = _instance(candidate)
         if backend.supports(device, dtype):
+            if candidate == "reference":
+                _warn_fallback(device.type)
             return backend
     raise RuntimeError(f"no backend supports {dtype} tensors on {device}")
+
+
+@lru_cache(maxsize=None)
+def _warn_fallback(device_type: str) -> None:
+    """Once per device type: ``auto`` fell back to the reference path because a fused
+    backend failed to load (not one turned off by :data:`DISABLE_ENV`)."""
+    status = backend_status()
+    broken = {
+        name: status[name]
+        for name in FUSED_FOR.get(device_type, ())
+        if status[name] and not status[name].startswith("disabled by")
+    }
+    if not broken:
+        return
+    from ..reporting import _outside_stacklevel
+
+    reasons = "; ".join(f"{name}: {why}" for name, why in broken.items())
+    warnings.warn(
+        f"xsam-fast: backend='auto' runs the unfused reference path on {device_type} "
+        f"(several times slower) because no fused backend loaded ({reasons}). "
+        "Pass backend='reference' to choose it knowingly.",
+        RuntimeWarning,
+        stacklevel=_outside_stacklevel(),
+    )

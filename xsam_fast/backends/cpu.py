@@ -13,10 +13,9 @@ lists and a few scalars through; no phase call does Python work per tensor. Sour
 
 from __future__ import annotations
 
-
 import torch
 
-from .extension import ExtensionBackend
+from .extension import ExtensionBackend, import_error_text
 
 try:
     from .. import _C  # type: ignore[attr-defined]
@@ -24,7 +23,7 @@ try:
     _IMPORT_ERROR = ""
 except Exception as exc:  # not built (no compiler, build isolation) or built for another torch
     _C = None
-    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+    _IMPORT_ERROR = import_error_text(exc)
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 

@@ -18,10 +18,9 @@ Nothing here queries the GPU at import time.
 
 from __future__ import annotations
 
-
 import torch
 
-from .extension import ExtensionBackend
+from .extension import ExtensionBackend, import_error_text
 
 try:
     from .. import _C_cuda  # type: ignore[attr-defined]
@@ -29,7 +28,7 @@ try:
     _IMPORT_ERROR = ""
 except Exception as exc:  # not built here, or built against another torch
     _C_cuda = None
-    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+    _IMPORT_ERROR = import_error_text(exc)
 
 #: dtypes the kernels are instantiated for
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)

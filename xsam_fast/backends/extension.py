@@ -18,6 +18,18 @@ from .base import Backend
 from .packed import LayoutError, TensorList
 
 
+def import_error_text(exc: BaseException) -> str:
+    """``exc`` and the exceptions it was raised from, as ``"Type: message"`` joined by
+    ``" <- "``: pybind11 reports a failing module initialiser only as ``ImportError:
+    initialization failed``, with the reason in ``__cause__``."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
+
+
 class PackedTensorList(TensorList):
     """A list packed by an :class:`ExtensionBackend`: the tensors and the extension's
     ``PackedList`` of them."""
