@@ -337,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the host-overhead benchmark (benchmarks.host_overhead) instead",
     )
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where to time (default: cpu)"
+    )
     p.add_argument(
         "--sizes",
         help=f"comma list among {', '.join(SIZES)}. Without --sizes and "
@@ -358,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-s",
         type=float,
         default=30.0,
-        help="stop timing one implementation after this many seconds (>= 3 repeats)",
+        help="stop timing one implementation after this many seconds (>= 3 repeats; default: 30)",
     )
     p.add_argument(
         "--copy-mib",
@@ -385,9 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile backend of the compiled baseline (default inductor; "
         "another one is labelled compiled:<backend>)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(report.RESULTS / "bench"), help="output folder")
-    p.add_argument("--no-plot", action="store_true")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the parameters and gradients (default: 0)"
+    )
+    out = str(report.RESULTS / "bench")
+    p.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    p.add_argument("--no-plot", action="store_true", help="write the tables only, no figure")
     return p
 
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import types
+import warnings
 
 import pytest
 import torch
@@ -94,6 +95,9 @@ def test_train_prints_the_table(trained):
     assert "40% of the training labels wrong" in stdout  # the default task
     assert "over 2 seeds" in stdout and "wall time" in stdout
     assert "XSAM alpha* per epoch" in stdout and "95% interval (t)" in stdout
+    # 2 seeds: separated only beyond t(0.975, 1), not beyond 2
+    assert "t = t(0.975, 1) = 12.71" in stdout and "interval excludes 0" in stdout
+    assert "> 2 separates" not in stdout
 
 
 def test_train_summary_json_matches_the_log(trained):
@@ -201,14 +205,98 @@ def test_no_subcommand_prints_help(capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--methods", "sgd,adam"], ["--methods", "sam,sam"], ["--seeds", "0"], ["--epochs", "0"]],
-    ids=["unknown-method", "duplicate-method", "zero-seeds", "zero-epochs"],
+    [
+        ["--methods", "sgd,adam"],
+        ["--methods", "sam,sam"],
+        ["--seeds", "0"],
+        ["--epochs", "0"],
+        ["--test_size", "0"],
+        ["--test_size", "1"],
+        ["--label_noise", "1"],
+    ],
+    ids=[
+        "unknown-method",
+        "duplicate-method",
+        "zero-seeds",
+        "zero-epochs",
+        "no-test-set",
+        "no-training-set",
+        "all-labels-wrong",
+    ],
 )
 def test_bad_train_flags_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", *argv])
     assert exc.value.code == 2
-    assert "error" in capsys.readouterr().err
+    assert f"error: argument {argv[0]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--lr", "-0.1"),
+        ("--lr", "fast"),
+        ("--momentum", "-0.9"),
+        ("--wd", "nan"),
+        ("--rho", "-1"),
+        ("--rho_max", "inf"),
+        ("--eps", "-1e-12"),
+        ("--alpha", "nan"),
+        ("--alpha_max", "-2"),
+        ("--alpha_delta", "0"),
+        ("--alpha_delta", "-0.1"),
+    ],
+)
+def test_non_finite_or_negative_numbers_are_usage_errors(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", f"{flag}={value}"])  # "=": -1e-12 alone would read as an option
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "must be a finite number >" in err and value in err
+
+
+def test_zero_is_accepted_where_it_means_something():
+    from xsam_fast.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", *(x for f in ("--lr", "--momentum", "--wd", "--rho", "--eps") for x in (f, "0"))]
+    )
+    assert (args.lr, args.momentum, args.wd, args.rho, args.eps) == (0, 0, 0, 0, 0)
+    assert build_parser().parse_args(["train"]).methods == ["sgd", "sam", "xsam"]
+
+
+@pytest.mark.parametrize("argv", [["train"], ["plot"], ["diagnose"]], ids=lambda a: a[0])
+def test_help_has_no_empty_or_repeated_defaults(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # help lines rewrapped as one
+    for glitch in ("(default: None)", "(default: False)", "(default: ["):
+        assert glitch not in out
+    if argv == ["train"]:
+        assert "--epochs EPOCHS epochs of every run" in out
+        assert "--mo MOMENTUM momentum of SGD" in out and "--eps EPS added to every norm" in out
+        assert "(default: sgd,sam,xsam)" in out
+
+
+def test_bench_help_from_an_editable_install_anywhere(monkeypatch, tmp_path, capsys):
+    """``xsam-fast bench --help`` runs the harness of the checkout the package was installed
+    from, whatever the working directory and sys.path."""
+    from xsam_fast.cli import SOURCE_ROOT
+
+    if not os.path.isfile(os.path.join(SOURCE_ROOT, "benchmarks", "bench_step.py")):
+        pytest.skip("xsam_fast is not imported from a source checkout")
+    monkeypatch.chdir(tmp_path)
+    path = [p for p in sys.path if os.path.abspath(p or os.curdir) != SOURCE_ROOT]
+    monkeypatch.setattr(sys, "path", path)
+    for name in [m for m in sys.modules if m.split(".")[0] == "benchmarks"]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "usage: python -m benchmarks.bench_step" in capsys.readouterr().out
 
 
 def test_mo_is_an_alias_of_momentum():
@@ -321,13 +409,18 @@ def test_a_backend_that_cannot_run_is_refused_at_the_start(backend, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
-def test_lr_nan_is_loud(tmp_path, capsys):
-    """A diverged job says so on stderr, flags its rows and exits with status 1."""
+def test_a_diverged_job_is_loud_in_its_own_words(tmp_path, capsys):
+    """A diverged job says so on stderr, flags its rows and exits with status 1; no raw
+    Python warning escapes, and no alpha of a diverged epoch is printed."""
     out = str(tmp_path / "out")
-    with pytest.warns(RuntimeWarning, match="non-finite"):
-        rc = main(_tiny(out, "--lr", "nan", "--epochs", "1", "--seeds", "1"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(_tiny(out, "--lr", "1e6", "--epochs", "1", "--seeds", "1"))
     captured = capsys.readouterr()
     assert rc == 1
+    assert not caught, [str(w.message) for w in caught]
+    assert "Warning" not in captured.err and "alpha* per epoch" not in captured.out
+    assert all(line.startswith("xsam-fast train: ") for line in captured.err.splitlines())
     assert "error: training diverged" in captured.err
     for method in ("SGD", "SAM", "XSAM"):
         assert f"{method}: the training loss was not finite" in captured.err
@@ -363,3 +456,136 @@ def test_threads_default_to_one_on_digits(tmp_path, capsys):
     torch.set_num_threads(2)
     assert main(argv) == 0
     assert "(1 thread)" in capsys.readouterr().out and torch.get_num_threads() == 1
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    file = tmp_path / "results"
+    file.write_text("not a folder")
+    for out in (file, file / "sub"):
+        rc = main(_tiny(str(out)))
+        err = capsys.readouterr().err
+        assert rc == 2 and "is a file, not a folder" in err and "Traceback" not in err
+    assert file.read_text() == "not a folder"
+
+
+def test_fp16_on_the_cpu_warns(tmp_path, capsys):
+    file = tmp_path / "file"
+    file.touch()  # refused before any work, after the warning
+    assert main(_tiny(str(file), "--amp", "fp16", "--device", "cpu")) == 2
+    err = capsys.readouterr().err
+    assert "warning: --amp fp16 on the CPU is tens of times slower" in err and "bf16" in err
+
+
+def test_stderr_not_a_terminal_gets_epoch_lines_not_bars(tmp_path, capsys):
+    """Without --no_progress, captured (non-terminal) stderr gets no progress bar: the job
+    prints one line per epoch instead, alphas without float noise."""
+    argv = [a for a in _tiny(str(tmp_path / "out"), "--epochs", "2", "--seeds", "1")]
+    argv.remove("--no_progress")
+    assert main([*argv, "--methods", "sgd,xsam", "--alpha_delta", "0.1"]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "\x1b" not in captured.err
+    for method in ("sgd", "xsam"):
+        for epoch in (1, 2):
+            assert f"{method} seed 0 epoch {epoch}/2: train loss" in captured.out
+    alphas = [
+        line.split("  alpha ")[1].split()[0]
+        for line in captured.out.splitlines()
+        if line.startswith("xsam seed")
+    ]
+    assert len(alphas) == 2 and all(a == f"{float(a):g}" for a in alphas), alphas
+
+
+def test_alphas_are_shown_as_the_grid_writes_them():
+    from xsam_fast.diagnostics import format_table as diagnose_table
+    from xsam_fast.train.report import format_alphas
+
+    text = format_alphas({1: [0.30000000000000004, 0.25, 0.75], 2: [1.2000000000000002]})
+    assert "(0.25..0.75)" in text and "2: 1.2" in text and "0000" not in text
+    row = dict(epoch=1, step=0, loss_theta0=1.0, loss_v0=1.0, loss_v1=1.0, loss_vstar=1.0)
+    assert "| 0.3 |" in diagnose_table([dict(row, alpha=0.30000000000000004, psi=0.1)])
+
+
+def test_differences_footer_states_the_t_rule():
+    """The footer's threshold is the interval's t quantile: |mean / SE| = 2.5 with 5 seeds
+    is not separated (t(0.975, 4) = 2.78)."""
+    from xsam_fast.train.report import format_differences
+    from xsam_fast.train.stats import paired_difference
+
+    diffs = [1.0, 2.0, 3.0, 4.0, 5.0]  # mean 3, SE sqrt(0.5): |mean / SE| = 4.24
+    d = paired_difference("xsam", "sam", dict(enumerate(diffs)), dict.fromkeys(range(5), 0.0))
+    text = format_differences([d])
+    assert "over 5 seeds" in text and "t = t(0.975, 4) = 2.78" in text
+    assert "separated when the interval excludes 0, i.e. when |mean / SE| > t" in text
+    one = paired_difference("xsam", "sam", {0: 1.0}, {0: 0.0})
+    assert "no interval" in format_differences([one])
+
+
+def test_accuracy_axis_follows_the_data(trained, tmp_path, monkeypatch):
+    """An epoch far below the others (here epoch 1) is inside the accuracy panel."""
+    from xsam_fast.train import plot
+    from xsam_fast.train.log import LogWriter
+
+    config, records = read_log(os.path.join(trained[2], "log.jsonl"))
+    records[0] = dict(records[0], test_acc=0.02)  # epoch 1 of the first run
+    log = tmp_path / "log.jsonl"
+    with LogWriter(log, config) as writer:
+        for r in records:
+            writer.epoch(r)
+    figures = []
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path, dpi: figures.append(fig) or path)
+    plot.plot_log(log, tmp_path / "training.png")
+    low, high = figures[0].axes[0].get_ylim()
+    assert 0.0 <= low < 2.0 and high > 100 * max(r["test_acc"] for r in records)
+
+
+def test_diagnose_refuses_a_file_and_earlier_results(tmp_path, capsys):
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert main(["diagnose", "--out", str(file)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    out = tmp_path / "diag"
+    out.mkdir()
+    (out / "search.jsonl").write_text("earlier\n")
+    assert main(["diagnose", "--epochs", "1", "--at", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds the results of an earlier run" in err and "--overwrite" in err
+    assert (out / "search.jsonl").read_text() == "earlier\n" and len(list(out.iterdir())) == 1
+    argv = ["diagnose", "--epochs", "1", "--at", "1", "--out", str(out), "--overwrite"]
+    assert main(argv) == 0
+    assert (out / "search.jsonl").read_text() != "earlier\n"
+    assert {p.name for p in out.iterdir()} == {"search.jsonl", "directions.md", "directions.png"}
+
+
+@pytest.mark.parametrize("at", ["3", "1,7", "0", "x"])
+def test_diagnose_at_outside_the_epochs_is_a_usage_error(at, tmp_path, capsys):
+    out = tmp_path / "diag"
+    try:
+        rc = main(["diagnose", "--epochs", "2", "--at", at, "--out", str(out)])
+    except SystemExit as exc:  # a malformed list is refused by argparse itself
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "xsam-fast diagnose: error: argument --at:" in err
+    assert ("1..2" in err) == (at in ("3", "1,7")) and not out.exists()
+
+
+def test_alpha_panel_leaves_out_diverged_epochs():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xsam_fast.train.plot import _alphas
+
+    records = [
+        dict(method="xsam", seed=0, epoch=1, alpha=0.5, train_loss=1.0),
+        dict(method="xsam", seed=0, epoch=2, alpha=2.0, train_loss=float("nan")),
+        dict(method="xsam", seed=0, epoch=3, alpha=1.5, train_loss=0.5),
+        dict(method="sam", seed=0, epoch=1, alpha=None, train_loss=1.0),
+    ]
+    fig, ax = plt.subplots()
+    try:
+        _alphas(ax, records, {"alpha_max": 3.0})
+        (line,) = [a for a in ax.get_lines() if a.get_label() == "seed 0"]
+        assert list(line.get_xdata()) == [1, 3] and list(line.get_ydata()) == [0.5, 1.5]
+    finally:
+        plt.close(fig)

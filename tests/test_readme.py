@@ -139,3 +139,9 @@ def test_ema_hook_example():
     exec(block("get_ema_multi_avg_fn"), ns)
     opt.step(lambda: nn.functional.cross_entropy(model(x), y).backward())
     assert int(ns["ema"].n_averaged) == 1
+
+
+def test_psi_is_documented_in_radians():
+    text = " ".join(README.read_text().split())
+    assert "`psi` (the angle between v0 and v1, in radians)" in text
+    assert "psi (radians)" in text

@@ -226,3 +226,10 @@ def test_ci_runs_the_readme_test_command():
     ]
     assert ci[-1] == found.group(1), ".ci/run's last command is not the README's test command"
 
+
+def test_license_file_is_the_declared_license():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^license = "MIT"$', pyproject, flags=re.M)
+    assert re.search(r'^license-files = \["LICENSE"\]$', pyproject, flags=re.M)
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "Copyright (c) 2026 The xsam-fast authors" in text

@@ -66,3 +66,12 @@ def test_paired_difference_edge_cases():
     noise = paired_difference("a", "b", {0: 1.0, 1: 3.0}, {0: 2.0, 1: 1.0})  # -1, +2
     assert noise.mean == 0.5 and noise.ci_low < 0 < noise.ci_high and not noise.separated()
     assert (noise.wins, noise.losses) == (1, 1)
+
+
+def test_separated_is_the_interval_excluding_zero():
+    """With 5 seeds, |mean / SE| = 2.5 is above 2 but below t(0.975, 4) = 2.78: not separated."""
+    base, zeros = [-1.0, -0.5, 0.0, 0.5, 1.0], dict.fromkeys(range(5), 0.0)
+    se = math.sqrt(0.625 / 5)  # sd of base: sqrt(0.625)
+    for t, separated in ((2.5, False), (3.0, True)):
+        d = paired_difference("a", "b", {s: x + t * se for s, x in enumerate(base)}, zeros)
+        assert d.t == pytest.approx(t) and d.separated() == separated == (d.ci_low > 0)

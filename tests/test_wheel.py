@@ -195,6 +195,7 @@ def test_wheel_holds_every_package_file_and_nothing_else(installed, files):
     assert not missing, f"the wheel lacks {len(missing)} package files, first {missing[0]}"
     dist_info = f"xsam_fast-{xsam_fast.__version__}.dist-info"
     assert {n.split("/")[0] for n in names} == {"xsam_fast", dist_info}
+    assert f"{dist_info}/licenses/LICENSE" in names
     assert [n for n in names if n.startswith("xsam_fast/_C.") and n.endswith(".so")], (
         "the wheel carries no compiled cpu extension (xsam_fast/_C*.so)"
     )

@@ -22,6 +22,18 @@ from typing import Sequence
 
 PROG = "xsam-fast"
 TRAIN_EXTRA = 'pip install "xsam-fast[train]"  (scikit-learn, matplotlib, tqdm)'
+#: the source checkout holding this package (its benchmarks/ is the step benchmark)
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except None and False: an option whose default is
+    None says in its help what it means, and a flag's default is its absence."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _preset_of(argv: Sequence[str]) -> str | None:
@@ -51,7 +63,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plot",
         help="redraw the figure of a training log or a search log",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "log",
@@ -73,7 +85,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
         "diagnose",
         help="loss at distance rho_max along g0, SAM's g1 and "
         "v(alpha*) at a few epochs of training the digits CNN",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     diagnose_arguments(dg)
 
@@ -146,10 +158,11 @@ def _diagnose(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return error("diagnose", f"{exc.name} is missing: {TRAIN_EXTRA}")
     from .diagnostics import run
+    from .train.errors import SetupError
 
     try:
         return run(args)
-    except ValueError as exc:
+    except (SetupError, ValueError) as exc:
         return error("diagnose", str(exc))
 
 
@@ -157,9 +170,13 @@ def _bench(argv: list[str]) -> int:
     """Hand ``argv`` to ``benchmarks.bench_step.main`` where the harness is importable.
 
     The harness is not part of the installed package: it is importable only from a
-    source checkout (``python -m xsam_fast bench`` in its root, or ``PYTHONPATH``
-    naming it); anywhere else this says how to run it and returns 2.
+    source checkout, found next to this package (an editable install or a
+    ``PYTHONPATH`` naming the checkout) or on ``sys.path``; anywhere else this says
+    how to run it and returns 2.
     """
+    harness = os.path.join(SOURCE_ROOT, "benchmarks", "bench_step.py")
+    if os.path.isfile(harness) and SOURCE_ROOT not in sys.path:
+        sys.path.append(SOURCE_ROOT)
     try:
         from benchmarks import bench_step
     except ModuleNotFoundError as exc:

@@ -12,7 +12,8 @@ curve. Run it on the digits CNN with::
     python -m xsam_fast.diagnostics --epochs 6 --at 1,2,4,6 --out diag/
 
 (``xsam-fast diagnose`` where the CLI has it); it prints a table and writes
-``directions.png`` and ``search.jsonl``.
+``directions.png``, ``directions.md`` and ``search.jsonl``, refusing a folder that
+already holds them unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ from torch import Tensor, nn
 
 from .optimizer import XSAM
 from .plotting import save_figure
+from .argtypes import nonneg_float, positive_int
 from .search import ModelLoss
 from .searchlog import SearchLogger
 
 Batch = tuple[Tensor, Tensor]
+#: the files the diagnostic writes, (key, name)
+OUTPUTS = (("plot", "directions.png"), ("table", "directions.md"), ("log", "search.jsonl"))
 
 
 def direction_losses(record: dict[str, Any]) -> dict[str, float]:
-    """``alpha*``, ``psi`` and the losses along v0, v1 and v(alpha*) from a grid search record."""
+    """``alpha*``, ``psi`` (radians) and the losses along v0, v1 and v(alpha*) from a grid
+    search record."""
     curve = {float(a): float(loss) for a, loss in record["curve"]}
     nearest = lambda x: curve[min(curve, key=lambda a: abs(a - x))]  # noqa: E731
     if min(abs(a - 1.0) for a in curve) > 1e-9 or min(curve) != 0.0:
@@ -63,7 +68,7 @@ def diagnose_training(
     (epochs count from 1). Alpha is searched on the first batch of every epoch
     with the grid strategy; a row holds ``epoch``, ``step``, ``loss_theta0``
     (the batch loss at theta_0), ``loss_v0``, ``loss_v1``, ``loss_vstar``,
-    ``alpha``, ``psi`` and ``curve``. ``xsam_kwargs`` go to :class:`XSAM`
+    ``alpha``, ``psi`` (radians) and ``curve``. ``xsam_kwargs`` go to :class:`XSAM`
     (``lr``, ``momentum``, ``rho``, ``rho_max``...); the search log goes to
     ``log_path`` when given.
     """
@@ -119,7 +124,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {r['epoch']} | {r['step']} | {r['loss_theta0']:.4f} | {r['loss_v0']:.4f} | "
-            f"{r['loss_v1']:.4f} | {r['loss_vstar']:.4f} | {r['alpha']:.1f} | "
+            f"{r['loss_v1']:.4f} | {r['loss_vstar']:.4f} | {r['alpha']:g} | "
             f"{r['psi'] * 180 / 3.141592653589793:.1f} | "
             f"{r['loss_vstar'] / r['loss_v1']:.3f} |"
         )
@@ -159,7 +164,7 @@ def plot_directions(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> s
             "o-",
             ms=2.5,
             color=color,
-            label=f"epoch {r['epoch']} (alpha*={r['alpha']:.1f})",
+            label=f"epoch {r['epoch']} (alpha*={r['alpha']:g})",
         )
         ax_c.plot(
             [r["alpha"]],
@@ -221,32 +226,64 @@ def digits_diagnostic(
     return rows
 
 
+def _epochs(text: str) -> list[int]:
+    at = [a.strip() for a in text.split(",") if a.strip()]
+    if not at or not all(a.isdigit() and int(a) >= 1 for a in at):
+        raise argparse.ArgumentTypeError(f"expected epochs >= 1 separated by commas, got {text!r}")
+    return [int(a) for a in at]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The diagnostic's flags (shared with the ``diagnose`` subcommand of the CLI)."""
-    parser.add_argument("--epochs", type=int, default=6, help="epochs of XSAM training")
-    parser.add_argument("--at", default="1,2,4,6", help="epochs to report, comma-separated")
+    from .backends import backend_names
+
+    parser.add_argument("--epochs", type=positive_int, default=6, help="epochs of XSAM training")
+    parser.add_argument(
+        "--at",
+        type=_epochs,
+        default="1,2,4,6",
+        help="epochs to report (1..--epochs), comma-separated",
+    )
     parser.add_argument("--seed", type=int, default=0, help="model and batch-order seed")
     parser.add_argument(
         "--out",
         default=os.path.join("results", "diagnose"),
         help="output folder (table, plot, search log)",
     )
-    parser.add_argument("--rho", type=float, default=0.15, help="total ascent length")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in --out (refused otherwise)",
+    )
+    parser.add_argument("--rho", type=nonneg_float, default=0.15, help="total ascent length")
     parser.add_argument(
         "--rho_max",
-        type=float,
+        type=nonneg_float,
         default=0.3,
         help="distance at which the loss is measured (the search radius)",
     )
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (momentum 0.9)")
-    parser.add_argument("--backend", default="auto", help="XSAM backend")
+    parser.add_argument(
+        "--lr", type=nonneg_float, default=0.05, help="SGD learning rate (momentum 0.9)"
+    )
+    parser.add_argument("--backend", choices=backend_names(), default="auto", help="XSAM backend")
 
 
 def run(args: argparse.Namespace) -> int:
-    at = [int(a) for a in str(args.at).split(",") if a.strip()]
+    """The diagnostic with parsed ``args``. Before any work, raises ValueError for an
+    ``--at`` beyond ``--epochs``, and :class:`~xsam_fast.train.errors.SetupError` for an
+    ``--out`` that is a file or holds earlier results without ``--overwrite``."""
+    from .train.runner import output_paths
+
+    late = [a for a in args.at if a > args.epochs]
+    if late:
+        raise ValueError(
+            f"argument --at: epochs must be in 1..{args.epochs} (--epochs {args.epochs}), "
+            f"got {','.join(map(str, late))}"
+        )
+    paths = output_paths(args.out, overwrite=args.overwrite, outputs=OUTPUTS)
     rows = digits_diagnostic(
         epochs=args.epochs,
-        at=at,
+        at=args.at,
         seed=args.seed,
         out_dir=args.out,
         lr=args.lr,
@@ -255,22 +292,26 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     print(format_table(rows))
-    print(
-        f"wrote {os.path.join(args.out, 'directions.png')}, "
-        f"{os.path.join(args.out, 'directions.md')}, {os.path.join(args.out, 'search.jsonl')}"
-    )
+    print(f"wrote {', '.join(paths.values())}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .cli import HelpFormatter
+    from .train.errors import SetupError
+
     parser = argparse.ArgumentParser(
         prog="python -m xsam_fast.diagnostics",
         description=(
             "Loss at distance rho_max along v0 (g0), v1 (SAM) and v(alpha*) on the digits CNN"
         ),
+        formatter_class=HelpFormatter,
     )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except (SetupError, ValueError) as exc:
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":

@@ -5,26 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Any
 
-from ..cli import PROG, TRAIN_EXTRA, error
+from ..argtypes import fraction, nonneg_float, open_fraction, positive_float, positive_int
+from ..cli import PROG, TRAIN_EXTRA, HelpFormatter, error
 
 #: digits' default label noise (CIFAR: none); chosen by measurement, see README "The main job"
 DIGITS_LABEL_NOISE = 0.4
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
-    return value
 
 
 def _methods(text: str) -> list[str]:
@@ -51,7 +39,7 @@ def add_train_parser(sub: Any, preset: str | None) -> None:
     from ..backends import backend_names
     from ..search import STRATEGIES
     from .data import DATASETS
-    from .loop import TrainConfig
+    from .loop import METHODS, TrainConfig
     from .model import MODELS
     from .presets import PRESETS
     from .runtime import AMP_DTYPES, DEVICES
@@ -69,7 +57,7 @@ def add_train_parser(sub: Any, preset: str | None) -> None:
             "log, a CSV, a summary and a plot to --out. Default: a small CNN on "
             "scikit-learn's digits with 40% of the training labels made wrong."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     t.add_argument(
         "--preset",
@@ -98,13 +86,16 @@ def add_train_parser(sub: Any, preset: str | None) -> None:
     )
     g.add_argument(
         "--label_noise",
-        type=_fraction,
+        type=fraction,
         default=None,
         help=f"fraction of training labels replaced by a wrong class (symmetric "
         f"noise; default {DIGITS_LABEL_NOISE} for digits, 0 for CIFAR; 0: clean)",
     )
     g.add_argument(
-        "--test_size", type=float, default=0.2, help="fraction of digits held out for testing"
+        "--test_size",
+        type=open_fraction,
+        default=0.2,
+        help="fraction of digits held out for testing",
     )
     g.add_argument(
         "--split_seed",
@@ -120,23 +111,44 @@ def add_train_parser(sub: Any, preset: str | None) -> None:
     )
 
     g = t.add_argument_group("optimisation (names as in the authors' train.py)")
-    g.add_argument("--epochs", type=_positive_int, default=d.epochs)
-    g.add_argument("--bs", type=_positive_int, default=d.bs, help="batch size")
-    g.add_argument("--lr", type=float, default=d.lr, help="initial learning rate (cosine schedule)")
-    g.add_argument("--momentum", "--mo", dest="momentum", type=float, default=d.momentum)
-    g.add_argument("--wd", type=float, default=d.wd, help="weight decay")
-    g.add_argument("--rho", type=float, default=d.rho, help="total length of the gradient ascent")
+    g.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=d.epochs,
+        help="epochs of every run (the cosine schedule spans them)",
+    )
+    g.add_argument("--bs", type=positive_int, default=d.bs, help="batch size")
+    g.add_argument(
+        "--lr", type=nonneg_float, default=d.lr, help="initial learning rate (cosine schedule)"
+    )
+    g.add_argument(
+        "--momentum",
+        "--mo",
+        dest="momentum",
+        type=nonneg_float,
+        default=d.momentum,
+        help="momentum of SGD, the base optimizer of every method",
+    )
+    g.add_argument("--wd", type=nonneg_float, default=d.wd, help="weight decay")
+    g.add_argument(
+        "--rho", type=nonneg_float, default=d.rho, help="total length of the gradient ascent"
+    )
     g.add_argument(
         "--rho_max",
-        type=float,
+        type=nonneg_float,
         default=d.rho_max,
         help="distance at which the alpha search evaluates the loss",
     )
-    g.add_argument("--steps", type=_positive_int, default=d.steps, help="ascent steps")
-    g.add_argument("--eps", type=float, default=d.eps)
+    g.add_argument("--steps", type=positive_int, default=d.steps, help="ascent steps")
+    g.add_argument(
+        "--eps",
+        type=nonneg_float,
+        default=d.eps,
+        help="added to every norm before dividing by it",
+    )
     g.add_argument(
         "--alpha",
-        type=float,
+        type=nonneg_float,
         default=d.alpha,
         help="XSAM's alpha with --no-is_dynamic (SAM always uses 1)",
     )
@@ -146,8 +158,12 @@ def add_train_parser(sub: Any, preset: str | None) -> None:
         default=d.is_dynamic,
         help="XSAM searches alpha on the first batch of every epoch",
     )
-    g.add_argument("--alpha_max", type=float, default=d.alpha_max, help="end of the alpha grid")
-    g.add_argument("--alpha_delta", type=float, default=d.alpha_delta, help="alpha grid step")
+    g.add_argument(
+        "--alpha_max", type=nonneg_float, default=d.alpha_max, help="end of the alpha grid"
+    )
+    g.add_argument(
+        "--alpha_delta", type=positive_float, default=d.alpha_delta, help="alpha grid step"
+    )
     g.add_argument(
         "--search",
         choices=list(STRATEGIES),
@@ -162,7 +178,7 @@ def add_train_parser(sub: Any, preset: str | None) -> None:
     )
     g.add_argument(
         "--width",
-        type=_positive_int,
+        type=positive_int,
         default=d.width,
         help="channels of the first layer (default: "
         + ", ".join(f"{k} {v}" for k, v in MODELS.items())
@@ -170,7 +186,7 @@ def add_train_parser(sub: Any, preset: str | None) -> None:
     )
     g.add_argument(
         "--interval",
-        type=_positive_int,
+        type=positive_int,
         default=d.interval,
         help="SAM and XSAM take their full step on every interval-th batch and a "
         "plain SGD step (one forward/backward) on the others",
@@ -180,13 +196,13 @@ def add_train_parser(sub: Any, preset: str | None) -> None:
     g.add_argument(
         "--methods",
         type=_methods,
-        default=["sgd", "sam", "xsam"],
+        default=",".join(METHODS),
         help="comma-separated subset of sgd,sam,xsam",
     )
     g.add_argument("--seed", type=int, default=0, help="first seed")
     g.add_argument(
         "--seeds",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="number of seeds (seed, seed+1, ...); the table gives mean ± std",
     )
@@ -215,7 +231,7 @@ def add_train_parser(sub: Any, preset: str | None) -> None:
     )
     g.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="torch CPU threads (default: 1 for digits, else every core this process may use)",
     )
@@ -225,7 +241,12 @@ def add_train_parser(sub: Any, preset: str | None) -> None:
         action="store_true",
         help="replace the results of an earlier run in --out (refused otherwise)",
     )
-    g.add_argument("--no_progress", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--no_progress",
+        action="store_true",
+        help="no progress bars (without it, bars when stderr is a terminal, else one line "
+        "per epoch)",
+    )
     if preset in PRESETS:
         t.set_defaults(preset=preset, **PRESETS[preset])
 
@@ -255,6 +276,13 @@ def run(args: argparse.Namespace) -> int:
         label_noise = DIGITS_LABEL_NOISE if args.dataset == "digits" else 0.0
     try:
         device = resolve_device(args.device)
+        if args.amp == "fp16" and device.type == "cpu":
+            print(
+                f"{PROG} train: warning: --amp fp16 on the CPU is tens of times slower than "
+                "fp32 (no fast fp16 CPU kernels; 55x measured on the digits job): use --amp "
+                "bf16 or none",
+                file=sys.stderr,
+            )
         check_backend(args.backend, device)
         output_paths(args.out, overwrite=args.overwrite)  # refuse before any work
         cfg = TrainConfig(
@@ -311,18 +339,26 @@ def run(args: argparse.Namespace) -> int:
 
     from .runner import run_job
 
+    # bars need a terminal; elsewhere (a file, a pipe) one line per epoch instead
+    bars = not args.no_progress and sys.stderr.isatty()
     try:
-        summary = run_job(
-            data,
-            cfg,
-            args.methods,
-            seeds,
-            args.out,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            epoch_lines=data.name != "digits",
-            extra_config=dict(preset=args.preset, cutout=args.cutout),
-        )
+        with warnings.catch_warnings():
+            # the job reports skipped steps itself (table, epoch lines, warnings below)
+            warnings.filterwarnings(
+                "ignore", message=r"XSAM: \d+ step\(s\) skipped", category=RuntimeWarning
+            )
+            warnings.showwarning = _show_warning
+            summary = run_job(
+                data,
+                cfg,
+                args.methods,
+                seeds,
+                args.out,
+                overwrite=args.overwrite,
+                progress=bars,
+                epoch_lines=data.name != "digits" or not (bars or args.no_progress),
+                extra_config=dict(preset=args.preset, cutout=args.cutout),
+            )
     except (SetupError, ValueError) as exc:  # bad hyper-parameters, reported by the optimizer
         return error("train", str(exc))
     print(format_table(summary["rows"], interval=cfg.interval))
@@ -346,3 +382,15 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` during the job: a warning as one of the command's own lines."""
+    print(f"{PROG} train: warning: {message}", file=sys.stderr)

@@ -3,8 +3,8 @@
 The first line is ``{"kind": "config", ...}`` (the job's settings); every other
 line is ``{"kind": "epoch", ...}`` with the fields of
 :func:`xsam_fast.train.loop.train_run` (``search_curve`` included, so plots can
-be redrawn from the log alone). Each line is flushed when written: an
-interrupted job leaves a readable log. :func:`write_csv` exports the scalar
+be redrawn from the log alone; ``psi`` in radians). Each line is flushed when
+written: an interrupted job leaves a readable log. :func:`write_csv` exports the scalar
 fields as a flat table for spreadsheets.
 """
 
@@ -27,7 +27,7 @@ CSV_FIELDS = (
     "test_loss",
     "test_acc",
     "alpha",
-    "psi",
+    "psi",  # radians
     "epoch_time_s",
     "images_per_s",
     "skipped_steps",

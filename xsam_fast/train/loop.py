@@ -215,7 +215,7 @@ def train_run(
     ``epoch_time_s`` is the wall time of the training pass only (search
     included, evaluation excluded; on CUDA, synchronised at both ends);
     ``images_per_s`` the training images over it. ``alpha`` is None for SGD;
-    ``psi`` is the angle of the epoch's last step. ``skipped_steps`` counts the
+    ``psi`` is the angle (radians) of the epoch's last step. ``skipped_steps`` counts the
     steps skipped so far for a non-finite gradient; ``steps`` the steps taken so far.
     """
     torch.manual_seed(seed)

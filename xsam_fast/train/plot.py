@@ -16,7 +16,7 @@ from typing import Any
 
 from ..plotting import save_figure
 from .log import read_log
-from .report import COMPARISONS, last_epochs, paired_differences
+from .report import COMPARISONS, is_finite, last_epochs, paired_differences
 
 
 def plot_log(log_path: str | os.PathLike, png_path: str | os.PathLike) -> str:
@@ -61,9 +61,8 @@ def _accuracy(ax: Any, records: list[dict[str, Any]]) -> None:
         ylabel="test accuracy (%)",
         title="test accuracy (mean, min..max over seeds)",
     )
-    lows = [100 * r["test_acc"] for r in records if r["epoch"] > 1]
-    if lows:
-        ax.set_ylim(max(0.0, min(lows) - 1.0), 100.2)
+    low = min(100 * r["test_acc"] for r in records)  # the band's lowest point: nothing cut off
+    ax.set_ylim(max(0.0, low - max(1.0, 0.05 * (100.0 - low))), 100.2)
     ax.grid(alpha=0.3)
     ax.legend()
 
@@ -107,8 +106,8 @@ def _differences(ax: Any, records: list[dict[str, Any]]) -> None:
 def _alphas(ax: Any, records: list[dict[str, Any]], config: dict[str, Any]) -> None:
     per_seed: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for r in records:
-        if r["method"] == "xsam" and r.get("alpha") is not None:
-            per_seed[r["seed"]].append((r["epoch"], r["alpha"]))
+        if r["method"] == "xsam" and r.get("alpha") is not None and is_finite(r["train_loss"]):
+            per_seed[r["seed"]].append((r["epoch"], r["alpha"]))  # diverged epochs left out
     ax.set(xlabel="epoch", ylabel="alpha*", title="XSAM: alpha* per epoch")
     if not per_seed:
         _empty(ax, "no XSAM run in this log")

@@ -11,7 +11,7 @@ import statistics
 from collections import defaultdict
 from typing import Any, Sequence
 
-from .stats import PairedDifference, mean_std, paired_difference
+from .stats import PairedDifference, mean_std, paired_difference, t_quantile
 
 #: the paired differences the report shows, (a, b) for a - b
 COMPARISONS = (("xsam", "sam"), ("sam", "sgd"))
@@ -26,7 +26,8 @@ def last_epochs(records: Sequence[dict[str, Any]], method: str) -> dict[int, dic
     return last
 
 
-def _finite(value: Any) -> bool:
+def is_finite(value: Any) -> bool:
+    """Whether ``value`` (a logged number or None) is a finite number."""
     return value is not None and math.isfinite(value)
 
 
@@ -54,7 +55,7 @@ def summarize(
         last = last_epochs(records, method)
         acc_mean, acc_std = mean_std([r["test_acc"] for r in last.values()])
         alphas = [
-            r["alpha"] for r in mine if r.get("alpha") is not None and _finite(r["train_loss"])
+            r["alpha"] for r in mine if r.get("alpha") is not None and is_finite(r["train_loss"])
         ]
         rows.append(
             dict(
@@ -69,7 +70,7 @@ def summarize(
                 alpha_mean=statistics.fmean(alphas) if alphas else None,
                 skipped_steps=sum(r.get("skipped_steps", 0) for r in last.values()),
                 steps=sum(r.get("steps", 0) for r in last.values()),
-                diverged_seeds=sum(not _finite(r["train_loss"]) for r in last.values()),
+                diverged_seeds=sum(not is_finite(r["train_loss"]) for r in last.values()),
                 extra_time_vs_sam_pct=None,
             )
         )
@@ -95,10 +96,11 @@ def paired_differences(records: Sequence[dict[str, Any]]) -> list[PairedDifferen
 
 
 def alpha_per_epoch(records: Sequence[dict[str, Any]]) -> dict[int, list[float]]:
-    """XSAM's alpha* at the end of each epoch, one value per seed, by epoch."""
+    """XSAM's alpha* at the end of each epoch, one value per seed, by epoch; epochs whose
+    training loss was not finite (diverged) are left out, as in :func:`summarize`."""
     out: dict[int, list[float]] = defaultdict(list)
     for r in sorted(records, key=lambda r: (r["epoch"], r["seed"])):
-        if r["method"] == "xsam" and r.get("alpha") is not None:
+        if r["method"] == "xsam" and r.get("alpha") is not None and is_finite(r["train_loss"]):
             out[r["epoch"]].append(r["alpha"])
     return dict(out)
 
@@ -184,7 +186,7 @@ def format_table(rows: Sequence[dict[str, Any]], *, interval: int = 1) -> str:
                 method_label(row["method"], interval),
                 acc + (" (diverged)" if row["diverged_seeds"] else ""),
                 f"{row['epoch_time_median_s']:.3f}",
-                f"{row['images_per_s']:.0f}" if _finite(row["images_per_s"]) else "-",
+                f"{row['images_per_s']:.0f}" if is_finite(row["images_per_s"]) else "-",
                 "-" if row["alpha_mean"] is None else f"{row['alpha_mean']:.2f}",
                 f"{row['skipped_steps']}/{row['steps']}" if row["method"] != "sgd" else "-",
                 "-" if extra is None else f"{extra:+.1f}%",
@@ -226,21 +228,27 @@ def format_differences(diffs: Sequence[PairedDifference]) -> str:
             )
         )
     out = _markdown(header, lines)
-    out.append(
-        f"final test accuracy, differences paired by seed over {diffs[0].n} seeds; "
-        f"interval: mean ± t(0.975, n-1) x SE; |mean / SE| > 2 separates the two methods"
-    )
+    n = diffs[0].n
+    if n > 1:
+        out.append(
+            f"final test accuracy, differences paired by seed over {n} seeds; interval: "
+            f"mean ± t x SE with t = t(0.975, {n - 1}) = {t_quantile(0.975, n - 1):.2f}; the two "
+            f"methods are separated when the interval excludes 0, i.e. when |mean / SE| > t"
+        )
+    else:
+        out.append("final test accuracy, one seed: no interval (--seeds 2 or more)")
     return "\n".join(out)
 
 
 def format_alphas(alphas: dict[int, list[float]], per_line: int = 10) -> str:
-    """XSAM's alpha* per epoch, mean over seeds (min..max when the seeds differ)."""
+    """XSAM's alpha* per epoch, mean over seeds (min..max when the seeds differ), each with
+    at most 6 significant digits (a grid point such as 0.30000000000000004 shows as 0.3)."""
     if not alphas:
         return ""
     cells = []
     for epoch, values in sorted(alphas.items()):
         lo, hi, mean = min(values), max(values), statistics.fmean(values)
-        cells.append(f"{epoch}: {mean:.2f}" + (f" ({lo:.1f}..{hi:.1f})" if hi > lo else ""))
+        cells.append(f"{epoch}: {mean:g}" + (f" ({lo:g}..{hi:g})" if hi > lo else ""))
     lines = ["XSAM alpha* per epoch (mean over seeds, min..max):"]
     lines += ["  " + ", ".join(cells[i : i + per_line]) for i in range(0, len(cells), per_line)]
     return "\n".join(lines)

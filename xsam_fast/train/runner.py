@@ -34,10 +34,19 @@ LOG_NAME, CSV_NAME, SUMMARY_NAME, PLOT_NAME = (
 OUTPUTS = (("log", LOG_NAME), ("csv", CSV_NAME), ("summary", SUMMARY_NAME), ("plot", PLOT_NAME))
 
 
-def output_paths(out_dir: str, *, overwrite: bool) -> dict[str, str]:
-    """The job's output files in ``out_dir``; raises :class:`SetupError` if one exists
-    and ``overwrite`` is False."""
-    paths = {k: os.path.join(out_dir, name) for k, name in OUTPUTS}
+def output_paths(
+    out_dir: str, *, overwrite: bool, outputs: Sequence[tuple[str, str]] = OUTPUTS
+) -> dict[str, str]:
+    """The paths of ``outputs`` (key, file name) in ``out_dir``, by key; raises
+    :class:`SetupError` if ``out_dir`` or a folder above it is a file, or if an output
+    exists and ``overwrite`` is False."""
+    folder = os.path.abspath(out_dir)
+    while not os.path.exists(folder):  # the nearest part of the path that exists
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        where = "" if folder == os.path.abspath(out_dir) else f": {folder}"
+        raise SetupError(f"--out {out_dir}{where} is a file, not a folder")
+    paths = {k: os.path.join(out_dir, name) for k, name in outputs}
     existing = [p for p in paths.values() if os.path.exists(p)]
     if existing and not overwrite:
         raise SetupError(
@@ -145,12 +154,12 @@ def _postfix(record: dict[str, Any]) -> dict[str, str]:
         img_s=f"{record['images_per_s']:.0f}",
     )
     if record["alpha"] is not None:
-        postfix["alpha"] = f"{record['alpha']:.1f}"
+        postfix["alpha"] = f"{record['alpha']:g}"
     return postfix
 
 
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:
-    alpha = "" if r["alpha"] is None else f"  alpha {r['alpha']:.2f}"
+    alpha = "" if r["alpha"] is None else f"  alpha {r['alpha']:g}"
     skipped = f"  skipped {r['skipped_steps']}" if r["skipped_steps"] else ""
     return (
         f"{r['method']} seed {r['seed']} epoch {r['epoch']}/{epochs}: "

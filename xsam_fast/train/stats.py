@@ -73,9 +73,10 @@ class PairedDifference:
     wins: int
     losses: int
 
-    def separated(self, k: float = 2.0) -> bool:
-        """Whether ``|mean| > k * se`` (False with fewer than two seeds)."""
-        return self.se is not None and abs(self.mean) > k * self.se
+    def separated(self) -> bool:
+        """Whether the interval excludes 0, i.e. ``|t|`` exceeds its t quantile
+        (False with fewer than two seeds)."""
+        return self.ci_low is not None and (self.ci_low > 0 or self.ci_high < 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
