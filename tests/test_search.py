@@ -335,4 +335,4 @@ def test_cli_plot_draws_a_search_log(tmp_path, capsys):
     assert (tmp_path / "search.png").stat().st_size > 1000
     assert "search.png" in capsys.readouterr().out
     args = cli.build_parser().parse_args(["diagnose", "--epochs", "2", "--at", "1,2"])
-    assert (args.command, args.epochs, args.at) == ("diagnose", 2, "1,2")
+    assert (args.command, args.epochs, args.at) == ("diagnose", 2, [1, 2])
